@@ -1,0 +1,28 @@
+# Everything works from a fresh clone: `make test` and `make demo` set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?=
+
+.PHONY: install test demo lint clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the local CPU build: left to the resolver, pip pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[all,dev,demo]"
+	touch $@
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m dsee_deploy.demo $(if $(DATA),--data $(DATA))
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs demo-runs

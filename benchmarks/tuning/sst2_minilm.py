@@ -1,0 +1,100 @@
+"""DSEE against full fine-tuning on SST-2 with the packaged all-MiniLM-L6-v2, same data and steps.
+
+    python benchmarks/tuning/sst2_minilm.py [--data ../shared/data/sst2] [--runs runs/bench-tune]
+
+Budget (issue 2): the first 20,000 sentences of train.tsv, 2 epochs, batch 32, max length 64; model selection
+on dev.tsv, accuracy reported on test.tsv (the GLUE validation set). Writes results.json and results.md here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    p.add_argument("--runs", default=str(ROOT / "runs" / "bench-tune"))
+    p.add_argument("--max-train-samples", type=int, default=20000)
+    p.add_argument(
+        "--only", choices=("dsee", "full"), help="Run one variant (results of the other are kept)."
+    )
+    a = p.parse_args()
+    data = Path(a.data)
+    if not (data / "train.tsv").is_file():
+        print(
+            f"SST-2 not found under '{data}': pass --data with train.tsv, dev.tsv and test.tsv",
+            file=sys.stderr,
+        )
+        return 2
+
+    import torch
+
+    from dsee_deploy.cli.tune import main as tune
+
+    common = [
+        "--train",
+        str(data / "train.tsv"),
+        "--eval",
+        str(data / "dev.tsv"),
+        "--test",
+        str(data / "test.tsv"),
+        "--max-train-samples",
+        str(a.max_train_samples),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--max-length",
+        "64",
+        "--overwrite",
+    ]
+    variants = {"dsee": [], "full": ["--full-finetune"]}
+    out_json = HERE / "sst2_minilm.json"
+    results = json.loads(out_json.read_text()) if out_json.exists() else {}
+    for name, extra in variants.items():
+        if a.only and name != a.only:
+            continue
+        out = Path(a.runs) / name
+        command = ["dsee-tune", *common, *extra, "--output", str(out)]
+        if tune(command[1:]) != 0:
+            return 1
+        metrics = json.loads((out / "metrics.json").read_text())
+        results[name] = {"command": " ".join(command), **metrics}
+    results["machine"] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    rows = [
+        "| method | trainable params | % of total | test acc (872) | dev acc | steps | wall time | step time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("dsee", "full"):
+        if name in results:
+            r = results[name]
+            rows.append(
+                f"| {name} | {r['trainable_parameters']:,} | {r['trainable_percent']:.2f} % | "
+                f"{100 * r['test_accuracy']:.2f} % | {100 * r['eval_accuracy']:.2f} % | {r['train_steps']} | "
+                f"{r['train_wall_time_s'] / 60:.1f} min | {r['train_step_time_s']:.3f} s |"
+            )
+    (HERE / "sst2_minilm.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Every fact about an architecture, in one registry of small specs keyed by `model_type`.
+
+A spec says where the attention and FFN projections of one transformer block live (module paths relative to
+the block), and whether Q, K and V are packed into one projection (GPT-2's `c_attn`). Nothing outside this
+file tests `model_type`: adding an architecture means adding a spec here and a tiny model in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DSEEError
+
+# Logical names users pass to --target-modules, mapped to spec attributes.
+TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a logical projection lives in a block: a module path, and for packed projections which
+    block of the output rows (index `part` of `parts` equal blocks) belongs to it."""
+
+    path: str
+    part: int = 0
+    parts: int = 1
+
+
+class ArchSpec:
+    """Facts about one architecture. Subclass, set the class attributes, decorate with `@register`."""
+
+    model_type: str = ""
+    layers: str = ""  # path from the base model (model.base_model) to the list of blocks
+    query: str = ""
+    key: str = ""
+    value: str = ""
+    attn_out: str = ""
+    ffn_in: str = ""
+    ffn_out: str = ""
+    packed_qkv: bool = False  # Q, K, V are the three row blocks of the `query` module's output
+    default_targets: tuple[str, ...] = ("query", "value")
+
+    def site(self, target: str) -> Site:
+        if target not in TARGETS:
+            raise DSEEError(
+                f"unknown target module '{target}': expected some of {', '.join(TARGETS)} "
+                f"(e.g. --target-modules query,value)"
+            )
+        if self.packed_qkv and target in ("query", "key", "value"):
+            return Site(self.query, part=("query", "key", "value").index(target), parts=3)
+        return Site(getattr(self, target))
+
+    def blocks(self, model):
+        """The transformer blocks of `model` (any head class), in order."""
+        return _get(model.base_model, self.layers)
+
+    @staticmethod
+    def num_heads(config) -> int:
+        # transformers' attribute_map makes num_attention_heads work for n_head / n_heads configs too.
+        return int(config.num_attention_heads)
+
+    @staticmethod
+    def hidden_size(config) -> int:
+        return int(config.hidden_size)
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(cls: type[ArchSpec]) -> type[ArchSpec]:
+    _REGISTRY[cls.model_type] = cls()
+    return cls
+
+
+def get_spec(model_type: str) -> ArchSpec:
+    try:
+        return _REGISTRY[model_type]
+    except KeyError:
+        raise DSEEError(
+            f"unknown architecture '{model_type}': supported model types are "
+            f"{', '.join(sorted(_REGISTRY))}; pass a model of one of them (or add a spec in "
+            f"dsee_deploy/architectures.py)"
+        ) from None
+
+
+def supported() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _get(root, path: str):
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def get_module(root, path: str):
+    return _get(root, path)
+
+
+def set_module(root, path: str, module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(root, parent) if parent else root, name, module)
+
+
+@register
+class BertSpec(ArchSpec):
+    model_type = "bert"
+    layers = "encoder.layer"
+    query = "attention.self.query"
+    key = "attention.self.key"
+    value = "attention.self.value"
+    attn_out = "attention.output.dense"
+    ffn_in = "intermediate.dense"
+    ffn_out = "output.dense"
+
+
+@register
+class RobertaSpec(BertSpec):
+    model_type = "roberta"
+
+
+@register
+class XLMRobertaSpec(RobertaSpec):
+    model_type = "xlm-roberta"
+
+
+@register
+class ElectraSpec(BertSpec):
+    model_type = "electra"
+
+
+@register
+class DistilBertSpec(ArchSpec):
+    model_type = "distilbert"
+    layers = "transformer.layer"
+    query = "attention.q_lin"
+    key = "attention.k_lin"
+    value = "attention.v_lin"
+    attn_out = "attention.out_lin"
+    ffn_in = "ffn.lin1"
+    ffn_out = "ffn.lin2"
+
+
+@register
+class GPT2Spec(ArchSpec):
+    model_type = "gpt2"
+    layers = "h"
+    query = key = value = "attn.c_attn"
+    packed_qkv = True
+    attn_out = "attn.c_proj"
+    ffn_in = "mlp.c_fc"
+    ffn_out = "mlp.c_proj"

@@ -1,0 +1,192 @@
+"""Reading training data with `datasets`: local .tsv/.csv/.jsonl/.json/.txt files or a hub dataset name,
+GLUE column names recognised, labels mapped to ids, tokenized for the task."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import DSEEError
+
+# (text, pair) column names of GLUE-style files, tried in order; pairs first so that `question`/`sentence`
+# (QNLI) wins over a lone `sentence`.
+TEXT_COLUMNS = [
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("premise", "hypothesis"),
+    ("#1 String", "#2 String"),
+    ("sentence", None),
+    ("text", None),
+]
+LABEL_COLUMNS = ["label", "labels", "Quality", "score"]
+TASKS = ("classification", "regression", "causal-lm")
+_READERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
+
+
+@dataclass
+class Task:
+    """What the model learns and how its data is laid out; saved in the checkpoint."""
+
+    kind: str = "classification"
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    label_names: list[str] = field(default_factory=list)
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got '{self.kind}'")
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.kind == "regression" else len(self.label_names)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_table(source: str, flag: str, split: str = "train"):
+    """A `datasets.Dataset` from a local file, or from the hub where `source` is not a local path."""
+    import datasets
+
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if path.exists():
+        if suffix not in _READERS:
+            raise DSEEError(
+                f"{flag} '{source}' has an unsupported extension '{suffix}': use .tsv, .csv, .jsonl, .json or .txt"
+            )
+        kwargs: dict = {}
+        if suffix == ".tsv":
+            # GLUE TSVs hold raw quotes inside sentences: read them literally.
+            kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        try:
+            return datasets.load_dataset(_READERS[suffix], data_files=str(path), split="train", **kwargs)
+        except Exception as exc:  # datasets raises many types; the user needs the file name and the cause
+            raise DSEEError(f"{flag} '{source}' could not be read as {suffix[1:]}: {exc}") from exc
+    if suffix in _READERS or "/" in source and not _looks_like_hub_id(source):
+        raise DSEEError(f"{flag} file '{source}' does not exist: check the path")
+    name, _, config = source.partition(":")
+    try:
+        return datasets.load_dataset(name, config or None, split=split)
+    except Exception as exc:
+        raise DSEEError(
+            f"{flag} '{source}' is neither a local file nor a hub dataset that could be loaded ({exc}): "
+            f"pass a .tsv/.csv/.jsonl/.json/.txt file, or NAME[:CONFIG] of a hub dataset where a network exists"
+        ) from exc
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~"))
+
+
+def resolve_columns(ds, source: str, text: str | None, pair: str | None, label: str | None) -> tuple:
+    """(text, pair, label) column names: the ones given, checked, or the GLUE names found in `ds`."""
+    columns = list(ds.column_names)
+    for flag, name in (("--text-column", text), ("--text-pair-column", pair), ("--label-column", label)):
+        if name is not None and name not in columns:
+            raise DSEEError(
+                f"{flag} '{name}' is not a column of '{source}' (columns: {', '.join(columns)}): pass one of them"
+            )
+    if text is None:
+        found = next(((t, p) for t, p in TEXT_COLUMNS if t in columns and (p is None or p in columns)), None)
+        if found is None:
+            raise DSEEError(
+                f"'{source}' has no text column this tool recognises (columns: {', '.join(columns)}): "
+                f"pass --text-column (and --text-pair-column for sentence pairs)"
+            )
+        text, found_pair = found
+        pair = pair if pair is not None else found_pair
+    if label is None:
+        label = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if label is None:
+            raise DSEEError(
+                f"'{source}' has no label column this tool recognises (columns: {', '.join(columns)}): "
+                f"pass --label-column"
+            )
+    return text, pair, label
+
+
+def infer_kind(ds, label: str) -> str:
+    """Regression where labels are non-integer numbers (STS-B scores), classification otherwise."""
+    values = ds[label][:1000]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if any(isinstance(v, float) and not float(v).is_integer() for v in values):
+            return "regression"
+    return "classification"
+
+
+def label_names_of(ds, label: str) -> list[str]:
+    """Sorted label names: numeric labels in numeric order, strings alphabetically."""
+    values = set(ds.unique(label))
+    if all(isinstance(v, (int, float)) for v in values):
+        return [str(int(v)) for v in sorted(values)]
+    return sorted(str(v) for v in values)
+
+
+def encode(ds, tokenizer, task: Task, source: str):
+    """Tokenize `ds` for `task` (labels as ids), dropping the raw columns."""
+    if task.kind == "causal-lm":
+        return _encode_lm(ds, tokenizer, task)
+    index = {name: i for i, name in enumerate(task.label_names)}
+
+    def to_label(value):
+        if task.kind == "regression":
+            return float(value)
+        key = (
+            str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        )
+        if key not in index:
+            raise DSEEError(
+                f"'{source}' has label '{value}', which the training data does not have "
+                f"(labels: {', '.join(task.label_names)}): fix the file or train on data with that label"
+            )
+        return index[key]
+
+    for col in (task.text_column, task.text_pair_column, task.label_column):
+        if col is not None and col not in ds.column_names:
+            raise DSEEError(
+                f"'{source}' has no column '{col}' (columns: {', '.join(ds.column_names)}): "
+                f"evaluation data must have the training data's columns"
+            )
+    ds = ds.filter(lambda row: row[task.label_column] is not None and row[task.text_column] is not None)
+
+    def tokenize(batch):
+        pairs = batch[task.text_pair_column] if task.text_pair_column else None
+        enc = tokenizer(batch[task.text_column], pairs, truncation=True, max_length=task.max_length)
+        enc["labels"] = [to_label(v) for v in batch[task.label_column]]
+        return enc
+
+    return ds.map(
+        tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(source).name}"
+    )
+
+
+def _encode_lm(ds, tokenizer, task: Task):
+    """Causal LM: tokenize lines, concatenate, and cut into blocks of max_length tokens."""
+    column = task.text_column or ds.column_names[0]
+    block = task.max_length
+
+    def tokenize(batch):
+        return tokenizer([t + tokenizer.eos_token for t in batch[column] if t.strip()])
+
+    def group(batch):
+        ids = [tok for seq in batch["input_ids"] for tok in seq]
+        total = len(ids) // block * block
+        chunks = [ids[i : i + block] for i in range(0, total, block)]
+        return {
+            "input_ids": chunks,
+            "attention_mask": [[1] * block for _ in chunks],
+            "labels": [c[:] for c in chunks],
+        }
+
+    tokenized = ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+    grouped = tokenized.map(group, batched=True, remove_columns=tokenized.column_names, desc="grouping")
+    if len(grouped) == 0:
+        raise DSEEError(
+            f"text is shorter than one block of {block} tokens: pass more text or a smaller --max-length"
+        )
+    return grouped

@@ -1,0 +1,21 @@
+"""Errors users see: one line that names the bad input, what was expected, and the fix."""
+
+from __future__ import annotations
+
+import importlib
+
+
+class DSEEError(Exception):
+    """A user-facing error. The CLIs print its message on one line and exit non-zero."""
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Fail with the pip command to run when a module of an optional extra is not installed."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise DSEEError(
+                f"this needs the '{extra}' extra ({name} is not installed): "
+                f"pip install 'dsee-deploy[{extra}]'"
+            ) from exc

@@ -1,0 +1,20 @@
+"""DSEE tuning: the low-rank + sparse update (../shared/DSEE.md §1)."""
+
+from .config import DSEEConfig
+from .layer import DSEELayer, DSEEUpdate
+from .model import count_parameters, dsee_layers, inject_dsee, merge_dsee, unmerge_dsee, unwrap_dsee
+from .support import choose_support, grebsmo_residual
+
+__all__ = [
+    "DSEEConfig",
+    "DSEELayer",
+    "DSEEUpdate",
+    "choose_support",
+    "count_parameters",
+    "dsee_layers",
+    "grebsmo_residual",
+    "inject_dsee",
+    "merge_dsee",
+    "unmerge_dsee",
+    "unwrap_dsee",
+]

@@ -1,0 +1,83 @@
+"""DSEE options: a dataclass saved with a format version and round-tripped through JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import DSEEError
+
+FORMAT_VERSION = 1
+SPARSE_INITS = ("grebsmo", "magnitude", "random")
+
+
+@dataclass
+class DSEEConfig:
+    rank: int = field(default=16, metadata={"help": "Rank r of the low-rank update B A."})
+    alpha: float = field(
+        default=32.0, metadata={"help": "Scale numerator: the update is multiplied by alpha / r."}
+    )
+    num_sparse: int = field(
+        default=16,
+        metadata={"help": "N, trainable sparse entries per targeted matrix (0 turns the sparse part off)."},
+    )
+    target_modules: tuple[str, ...] = field(
+        default=("query", "value"),
+        metadata={"help": "Logical projections to tune: query, key, value, attn_out, ffn_in, ffn_out."},
+    )
+    sparse_init: str = field(
+        default="grebsmo",
+        metadata={
+            "help": "How to choose the sparse support: grebsmo (residual of a low-rank fit), magnitude, random."
+        },
+    )
+    grebsmo_rank: int = field(
+        default=8,
+        metadata={"help": "Rank of the low-rank fit whose residual picks the support (grebsmo only)."},
+    )
+    grebsmo_threshold: float = field(
+        default=0.01, metadata={"help": "Hard threshold on the residual in the decomposition (grebsmo only)."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed for A's initialisation and for random / grebsmo supports."}
+    )
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.num_sparse < 0:
+            raise ValueError(f"num_sparse must be >= 0, got {self.num_sparse}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one projection, e.g. ('query', 'value')")
+        if self.sparse_init not in SPARSE_INITS:
+            raise ValueError(
+                f"sparse_init must be one of {', '.join(SPARSE_INITS)}, got '{self.sparse_init}'"
+            )
+        if self.grebsmo_rank < 1:
+            raise ValueError(f"grebsmo_rank must be >= 1, got {self.grebsmo_rank}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self), "target_modules": list(self.target_modules)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DSEEConfig:
+        data = dict(data)
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise DSEEError(
+                f"DSEE config format version {version} is not supported by this dsee-deploy "
+                f"(it reads version {FORMAT_VERSION}): upgrade dsee-deploy or re-run dsee-tune"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DSEEError(
+                f"DSEE config has unknown fields {unknown}: was it written by a newer dsee-deploy?"
+            )
+        return cls(**data)

@@ -1,0 +1,92 @@
+"""Finding the targeted projections of a model, wrapping them in DSEE layers, merging and unwrapping."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..architectures import ArchSpec, get_module, get_spec, set_module
+from .config import DSEEConfig
+from .layer import DSEELayer
+from .support import choose_support
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    # One generator per update, seeded from the run seed and the update's name: the same seed gives the same
+    # A and Ω whatever order modules are visited in.
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
+def inject_dsee(
+    model: nn.Module, config: DSEEConfig, spec: ArchSpec | None = None, init: bool = True
+) -> nn.Module:
+    """Wrap every targeted projection of every block in a DSEELayer, in place.
+
+    With `init`, A is initialised and the sparse support chosen (grebsmo, magnitude or random) from the
+    pre-trained weights; without it, everything is left zero for a checkpoint's tensors to be loaded into.
+    Freezes the base model; the caller decides what else trains (the task head).
+    """
+    spec = spec or get_spec(model.config.model_type)
+    for p in model.base_model.parameters():
+        p.requires_grad_(False)
+    for i, block in enumerate(spec.blocks(model)):
+        for target in config.target_modules:
+            site = spec.site(target)
+            layer = get_module(block, site.path)
+            if not isinstance(layer, DSEELayer):
+                layer = DSEELayer(layer)
+                set_module(block, site.path, layer)
+            out_f = layer.out_in_weight.shape[0]
+            block_rows = out_f // site.parts
+            rows = slice(site.part * block_rows, (site.part + 1) * block_rows)
+            update = layer.add_update(target, rows, config.rank, config.alpha, config.num_sparse)
+            if init:
+                gen = _generator(config.seed, f"{i}.{target}")
+                update.reset_parameters(gen)
+                update.sparse_indices.copy_(
+                    choose_support(
+                        layer.out_in_weight[rows],
+                        config.num_sparse,
+                        config.sparse_init,
+                        gen,
+                        config.grebsmo_rank,
+                        config.grebsmo_threshold,
+                    )
+                )
+    return model
+
+
+def dsee_layers(model: nn.Module) -> Iterator[tuple[str, DSEELayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, DSEELayer):
+            yield name, module
+
+
+def merge_dsee(model: nn.Module) -> nn.Module:
+    for _, layer in dsee_layers(model):
+        layer.merge()
+    return model
+
+
+def unmerge_dsee(model: nn.Module) -> nn.Module:
+    for _, layer in dsee_layers(model):
+        layer.unmerge()
+    return model
+
+
+def unwrap_dsee(model: nn.Module) -> nn.Module:
+    """Merge every update and put the plain base projections back: a plain transformers model remains."""
+    for name, layer in list(dsee_layers(model)):
+        layer.merge()
+        set_module(model, name, layer.base_layer)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; for a wrapped model, total counts the base weights and the updates."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,180 @@
+"""Tiny models for every registered architecture, built from configs here (no downloads), and small data."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    BertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    GPT2Config,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
+
+WORDS = (
+    "the a film movie story plot actor actress scene music was is it this that and but very so "
+    "good great fine lovely moving funny bright warm bad dull boring long awful flat weak cold slow "
+    "i liked hated loved enjoyed not really quite too"
+).split()
+POSITIVE = {
+    "good",
+    "great",
+    "fine",
+    "lovely",
+    "moving",
+    "funny",
+    "bright",
+    "warm",
+    "liked",
+    "loved",
+    "enjoyed",
+}
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIAL + WORDS
+V = len(VOCAB)
+
+# One tiny config per registered model_type: test_registry fails if a spec has no entry here.
+# Two layers, four heads of size 8, FFN width 48; pad/bos/eos ids point at the special tokens above.
+TINY_CONFIGS = {
+    "bert": lambda: BertConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    ),
+    "roberta": lambda: RobertaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=70,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        type_vocab_size=1,
+    ),
+    "xlm-roberta": lambda: XLMRobertaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=70,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        type_vocab_size=1,
+    ),
+    "electra": lambda: ElectraConfig(
+        vocab_size=V,
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    ),
+    "distilbert": lambda: DistilBertConfig(
+        vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=48, max_position_embeddings=64, pad_token_id=0
+    ),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=V,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=48,
+        n_positions=64,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    ),
+}
+
+
+def make_tokenizer(token_types: bool = True) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over VOCAB, with [CLS] x [SEP] (y [SEP]) templates, built in memory."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        model_max_length=60,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"]
+        if token_types
+        else ["input_ids", "attention_mask"],
+    )
+
+
+def build_base(model_type: str, path: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny base model (safetensors) and the tokenizer to `path`."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[model_type]()
+    cls = AutoModelForCausalLM if model_type == "gpt2" else AutoModel
+    cls.from_config(config).save_pretrained(path)
+    # DistilBERT and GPT-2 take no token_type_ids
+    make_tokenizer(token_types=hasattr(config, "type_vocab_size")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {mt: build_base(mt, root / mt) for mt in TINY_CONFIGS}
+
+
+def sentences(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Short sentences labelled 1 when they hold more positive than negative words."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(WORDS, rng.randint(3, 9))
+        pos = sum(w in POSITIVE for w in words)
+        rows.append((" ".join(words), int(pos * 2 >= 1)))
+    return rows
+
+
+def write_tsv(path: Path, header: list[str], rows: list[tuple]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sst_like(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_tsv(root / "train.tsv", ["sentence", "label"], sentences(96, seed=1)),
+        "dev": write_tsv(root / "dev.tsv", ["sentence", "label"], sentences(32, seed=2)),
+    }
+
+
+def batch_for(tokenizer) -> dict:
+    texts = ["the film was good", "a very long and dull movie but the music was great", "bad"]
+    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
