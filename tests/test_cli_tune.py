@@ -86,7 +86,7 @@ def test_training_changes_only_the_updates_and_the_head(tiny_bases, sst_like, tm
 def test_pairs_with_string_labels_from_jsonl(tiny_bases, tmp_path, capsys):
     rows = [
         {"question": a, "sentence": b, "label": ["entailment", "not_entailment"][y]}
-        for (a, y), (b, _) in zip(sentences(40, 3), sentences(40, 4))
+        for (a, y), (b, _) in zip(sentences(40, 3), sentences(40, 4), strict=True)
     ]
     path = tmp_path / "qnli.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -105,7 +105,7 @@ def test_pairs_with_string_labels_from_jsonl(tiny_bases, tmp_path, capsys):
 def test_regression_on_float_labels_reports_correlations(tiny_bases, tmp_path, capsys):
     rows = [
         (a, b, round(1.7 * y + 0.3 * i % 3, 2))
-        for i, ((a, y), (b, _)) in enumerate(zip(sentences(40, 5), sentences(40, 6)))
+        for i, ((a, y), (b, _)) in enumerate(zip(sentences(40, 5), sentences(40, 6), strict=True))
     ]
     path = write_tsv(tmp_path / "sts.tsv", ["sentence1", "sentence2", "score"], rows)
     out = tmp_path / "run"
