@@ -1,0 +1,95 @@
+"""`make demo`: the main job, end to end, on the embedded default model (the packaged all-MiniLM-L6-v2).
+
+    python -m dsee_deploy.demo                        # the sample sentences shipped with the package
+    python -m dsee_deploy.demo --data ../shared/data/sst2   # any GLUE-style folder: train.tsv, dev.tsv[, test.tsv]
+
+Runs dsee-tune, loads the checkpoint merged, checks merged against unmerged outputs, and classifies a few new
+sentences. Later stages (prune, export, bench) join here as they land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+SAMPLES = Path(__file__).parent / "samples"
+NEW_SENTENCES = [
+    "a gripping, beautifully acted story",
+    "dull and far too long",
+    "i loved every minute of it",
+    "the jokes fall flat and the plot goes nowhere",
+]
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="A GLUE-style folder with train.tsv and dev.tsv (test.tsv is reported if present).")
+    p.add_argument("--output", default="demo-runs", help="Where the demo writes (its own folder, replaced each run).")
+    a = p.parse_args(argv)
+
+    from .cli import run_cli
+    from .cli.tune import tune
+
+    out = Path(a.output) / "tune"
+    if a.data:
+        data = Path(a.data)
+        if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
+            print(f"error: --data '{data}' needs train.tsv and dev.tsv (GLUE layout)", file=sys.stderr)
+            return 2
+        args = ["--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv"), "--max-train-samples", "4000",
+                "--max-eval-samples", "1000", "--epochs", "1", "--max-length", "64"]
+        if (data / "test.tsv").is_file():
+            args += ["--test", str(data / "test.tsv")]
+        source = f"{data} (first 4,000 training sentences, 1 epoch)"
+    else:
+        args = ["--train", str(SAMPLES / "train.tsv"), "--eval", str(SAMPLES / "dev.tsv"), "--epochs", "3",
+                "--batch-size", "16", "--max-length", "32"]
+        source = "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
+
+    step(f"1. dsee-tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")
+    command = ["--output", str(out), "--overwrite", *args]
+    print("$ dsee-tune " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    code = run_cli(lambda: tune(command))
+    if code:
+        return code
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(
+        f"trained {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
+        f"({metrics['trainable_percent']:.2f} %) in {metrics['train_wall_time_s']:.0f} s "
+        f"({metrics['train_step_time_s']:.2f} s/step); dev accuracy {100 * metrics['eval_accuracy']:.1f} %"
+        + (f"; test accuracy {100 * metrics['test_accuracy']:.1f} %" if "test_accuracy" in metrics else "")
+    )
+
+    step("2. load_merged: the update merged into the weights, a plain transformers model")
+    import torch
+
+    from . import load_dsee, load_merged
+
+    merged, tokenizer = load_merged(out)
+    unmerged, _, _ = load_dsee(out)
+    batch = tokenizer(NEW_SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = merged(**batch).logits
+        diff = (logits - unmerged(**batch).logits).abs().max().item()
+    print(f"{type(merged).__name__}; merged vs unmerged logits: max abs difference {diff:.2e}")
+
+    step("3. predictions on sentences the model never saw")
+    probs = logits.softmax(-1)
+    for text, row in zip(NEW_SENTENCES, probs, strict=True):
+        label = merged.config.id2label[int(row.argmax())]
+        name = {"0": "negative", "1": "positive"}.get(label, label)
+        print(f"  {name:>8} ({row.max():.2f})  {text}")
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoint in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
