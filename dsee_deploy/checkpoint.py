@@ -112,7 +112,13 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
     task = Task(**info["task"])
     dsee = DSEEConfig.from_dict(info["dsee"])
     base_ref = base_model or info["base_model"]["name_or_path"]
-    base_path = resolve_model(base_ref)
+    try:
+        base_path = resolve_model(base_ref)
+    except DSEEError as exc:
+        raise DSEEError(
+            f"checkpoint '{ckpt}' needs its base model '{base_ref}', which cannot be loaded ({exc}): pass "
+            f"--base-model (base_model=...) with the original weights"
+        ) from exc
     config = load_config(str(ckpt), task)
     model, loading = load_model(base_path, config, task)
     sha = base_weights_sha256(model, loading["missing_keys"])

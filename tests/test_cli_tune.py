@@ -204,3 +204,28 @@ def test_console_script_exits_non_zero_with_the_message(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --train file")
+
+
+def test_without_the_tune_extra_the_cli_names_the_extra_to_install(tmp_path):
+    # torch made unimportable in a real subprocess: what a serving-only install (core + serve) would see
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from dsee_deploy.cli.tune import main\n"
+        f"sys.exit(main(['--train', 'x.tsv', '--output', {str(tmp_path / 'o')!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: this needs the 'tune' extra (torch is not installed): pip install 'dsee-deploy[tune]'"
+    )
+
+
+def test_checkpoint_of_a_relative_model_path_loads_from_another_directory(
+    tiny_bases, sst_like, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tiny_bases["bert"].parent)
+    out = tmp_path / "run"
+    assert run(["--model", "bert", "--train", sst_like["train"], "--output", out, *FAST], capsys)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    merged, _ = load_merged(out)
+    assert merged.config.model_type == "bert"

@@ -15,7 +15,8 @@ from . import run_cli
 def build_parser() -> argparse.ArgumentParser:
     from ..architectures import TARGETS
     from ..models import DEFAULT_MODEL
-    from ..tuning.config import SPARSE_INITS
+
+    SPARSE_INITS = ("grebsmo", "magnitude", "random")  # as in tuning.config, which imports torch
 
     p = argparse.ArgumentParser(
         prog="dsee-tune",
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tune(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     require_extra("tune", "torch", "transformers", "datasets", "safetensors", "sklearn", "scipy")
+    args = build_parser().parse_args(argv)
 
     from ..checkpoint import METRICS_FILE, check_output_dir, prepare_output_dir, save_checkpoint
     from ..data import Task, encode, infer_kind, label_names_of, read_table, resolve_columns
@@ -148,7 +149,9 @@ def tune(argv: list[str] | None = None) -> int:
 
     tokenizer = load_tokenizer(model_path)
     model, loading = load_model(model_path, config, task)
-    base = {"name_or_path": args.model, "sha256": base_weights_sha256(model, loading["missing_keys"])}
+    # A local base is recorded by absolute path so that the checkpoint loads from any working directory.
+    base_ref = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    base = {"name_or_path": base_ref, "sha256": base_weights_sha256(model, loading["missing_keys"])}
     if not args.full_finetune:
         inject_dsee(model, dsee, spec)
         # Besides the DSEE updates, train the task head and anything the base checkpoint did not hold.
