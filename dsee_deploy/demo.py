@@ -30,8 +30,12 @@ def step(title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="A GLUE-style folder with train.tsv and dev.tsv (test.tsv is reported if present).")
-    p.add_argument("--output", default="demo-runs", help="Where the demo writes (its own folder, replaced each run).")
+    p.add_argument(
+        "--data", help="A GLUE-style folder with train.tsv and dev.tsv (test.tsv is reported if present)."
+    )
+    p.add_argument(
+        "--output", default="demo-runs", help="Where the demo writes (its own folder, replaced each run)."
+    )
     a = p.parse_args(argv)
 
     from .cli import run_cli
@@ -43,14 +47,36 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
             print(f"error: --data '{data}' needs train.tsv and dev.tsv (GLUE layout)", file=sys.stderr)
             return 2
-        args = ["--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv"), "--max-train-samples", "4000",
-                "--max-eval-samples", "1000", "--epochs", "1", "--max-length", "64"]
+        args = [
+            "--train",
+            str(data / "train.tsv"),
+            "--eval",
+            str(data / "dev.tsv"),
+            "--max-train-samples",
+            "4000",
+            "--max-eval-samples",
+            "1000",
+            "--epochs",
+            "1",
+            "--max-length",
+            "64",
+        ]
         if (data / "test.tsv").is_file():
             args += ["--test", str(data / "test.tsv")]
         source = f"{data} (first 4,000 training sentences, 1 epoch)"
     else:
-        args = ["--train", str(SAMPLES / "train.tsv"), "--eval", str(SAMPLES / "dev.tsv"), "--epochs", "3",
-                "--batch-size", "16", "--max-length", "32"]
+        args = [
+            "--train",
+            str(SAMPLES / "train.tsv"),
+            "--eval",
+            str(SAMPLES / "dev.tsv"),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "32",
+        ]
         source = "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
 
     step(f"1. dsee-tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")

@@ -14,7 +14,7 @@ from dsee_deploy.checkpoint import ADAPTER_FILE, CONFIG_FILE, prepare_output_dir
 from dsee_deploy.data import Task
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.models import base_weights_sha256, load_config, load_model, load_tokenizer
-from dsee_deploy.tuning import DSEEConfig, dsee_layers, inject_dsee
+from dsee_deploy.tuning import DSEEConfig, dsee_layers, inject_dsee, train_head
 
 
 def make_checkpoint(model_type: str, base, out, seed: int = 0):
@@ -29,9 +29,7 @@ def make_checkpoint(model_type: str, base, out, seed: int = 0):
     sha = base_weights_sha256(model, info["missing_keys"])
     dsee = DSEEConfig(rank=4, alpha=8, num_sparse=6, seed=seed)
     inject_dsee(model, dsee)
-    for name, p in model.named_parameters():
-        if not name.startswith(model.base_model_prefix + ".") or name in info["missing_keys"]:
-            p.requires_grad_(True)
+    train_head(model, info["missing_keys"])
     _randomize_updates(model, seed)
     tok = load_tokenizer(str(base))
     out = prepare_output_dir(out, overwrite=False)

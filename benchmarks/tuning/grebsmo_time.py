@@ -34,13 +34,19 @@ def main() -> int:
         started = time.perf_counter()
         inject_dsee(fresh, DSEEConfig(sparse_init=method))
         times.append({"sparse_init": method, "seconds": round(time.perf_counter() - started, 2)})
-        print(f"{method:>9}: {times[-1]['seconds']:.2f} s for 24 matrices of 768 x 768 (inject_dsee, all Q and V)")
+        print(
+            f"{method:>9}: {times[-1]['seconds']:.2f} s for 24 matrices of 768 x 768 (inject_dsee, all Q and V)"
+        )
     result = {
         "what": "inject_dsee with DSEE defaults on BERT-base geometry (24 Q/V matrices of 768 x 768)",
         "results": times,
         "limit_seconds": 30,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
     }
     (HERE / "grebsmo_time.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

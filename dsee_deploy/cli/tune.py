@@ -92,8 +92,8 @@ def tune(argv: list[str] | None = None) -> int:
     from ..checkpoint import METRICS_FILE, check_output_dir, prepare_output_dir, save_checkpoint
     from ..data import Task, encode, infer_kind, label_names_of, read_table, resolve_columns
     from ..models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
-    from ..training import TrainOptions, add_perplexity, build_trainer, finish
-    from ..tuning import DSEEConfig, count_parameters, inject_dsee
+    from ..training import METRICS, TrainOptions, add_perplexity, build_trainer, finish
+    from ..tuning import DSEEConfig, count_parameters, inject_dsee, train_head
 
     started = time.perf_counter()
     dsee = DSEEConfig(
@@ -154,12 +154,7 @@ def tune(argv: list[str] | None = None) -> int:
     base = {"name_or_path": base_ref, "sha256": base_weights_sha256(model, loading["missing_keys"])}
     if not args.full_finetune:
         inject_dsee(model, dsee, spec)
-        # Besides the DSEE updates, train the task head and anything the base checkpoint did not hold.
-        newly_initialised = set(loading["missing_keys"])
-        prefix = model.base_model_prefix + "."
-        for name, param in model.named_parameters():
-            if not name.startswith(prefix) or name in newly_initialised:
-                param.requires_grad_(True)
+        train_head(model, loading["missing_keys"])
     trainable, total = count_parameters(model)
     kind_name = "full fine-tuning" if args.full_finetune else "DSEE"
     print(
@@ -204,12 +199,16 @@ def tune(argv: list[str] | None = None) -> int:
         save_checkpoint(out, model, tokenizer, dsee, task, base, metrics)
     metrics["total_wall_time_s"] = time.perf_counter() - started
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    shown = {
-        k: round(v, 4) if isinstance(v, float) else v
-        for k, v in metrics.items()
-        if k.startswith(("eval_", "test_"))
-    }
-    print(f"saved {out}: {json.dumps(shown)}")
+    shown = [
+        f"{split} {name} {metrics[f'{split}_{name}']:.4f}"
+        for split in ("eval", "test")
+        for name in METRICS[task.kind]
+        if f"{split}_{name}" in metrics
+    ]
+    print(
+        f"saved {out}: {', '.join(shown) or 'no evaluation data given'}; {result.global_step} steps in "
+        f"{metrics['train_wall_time_s']:.0f} s"
+    )
     return 0
 
 

@@ -2,7 +2,15 @@
 
 from .config import DSEEConfig
 from .layer import DSEELayer, DSEEUpdate
-from .model import count_parameters, dsee_layers, inject_dsee, merge_dsee, unmerge_dsee, unwrap_dsee
+from .model import (
+    count_parameters,
+    dsee_layers,
+    inject_dsee,
+    merge_dsee,
+    train_head,
+    unmerge_dsee,
+    unwrap_dsee,
+)
 from .support import choose_support, grebsmo_residual
 
 __all__ = [
@@ -15,6 +23,7 @@ __all__ = [
     "grebsmo_residual",
     "inject_dsee",
     "merge_dsee",
+    "train_head",
     "unmerge_dsee",
     "unwrap_dsee",
 ]

@@ -59,6 +59,16 @@ def inject_dsee(
     return model
 
 
+def train_head(model: nn.Module, missing_keys: list[str]) -> None:
+    """Besides the DSEE updates, train the task head (everything outside the base model) and any tensor the
+    base checkpoint did not hold (a freshly initialised pooler would otherwise stay random)."""
+    prefix = model.base_model_prefix + "."
+    missing = set(missing_keys)
+    for name, param in model.named_parameters():
+        if not name.startswith(prefix) or name in missing:
+            param.requires_grad_(True)
+
+
 def dsee_layers(model: nn.Module) -> Iterator[tuple[str, DSEELayer]]:
     for name, module in model.named_modules():
         if isinstance(module, DSEELayer):
