@@ -37,6 +37,13 @@ class ArchSpec:
     ffn_in: str = ""
     ffn_out: str = ""
     packed_qkv: bool = False  # Q, K, V are the three row blocks of the `query` module's output
+    # Head surgery: the module whose transformers `prune_heads(heads)` slices Q, K, V and O and updates the head
+    # count, and the module replaced when a layer loses every head. `skip_returns_context`: the replaced module
+    # returns the per-head context (O stays, sliced to zero inputs, and adds its bias); otherwise it includes O
+    # and the replacement returns O's bias itself.
+    attention: str = ""
+    attention_skip: str = ""
+    skip_returns_context: bool = False
     default_targets: tuple[str, ...] = ("query", "value")
 
     def site(self, target: str) -> Site:
@@ -111,6 +118,9 @@ class BertSpec(ArchSpec):
     attn_out = "attention.output.dense"
     ffn_in = "intermediate.dense"
     ffn_out = "output.dense"
+    attention = "attention"
+    attention_skip = "attention.self"
+    skip_returns_context = True
 
 
 @register
@@ -138,6 +148,7 @@ class DistilBertSpec(ArchSpec):
     attn_out = "attention.out_lin"
     ffn_in = "ffn.lin1"
     ffn_out = "ffn.lin2"
+    attention = attention_skip = "attention"
 
 
 @register
@@ -149,3 +160,4 @@ class GPT2Spec(ArchSpec):
     attn_out = "attn.c_proj"
     ffn_in = "mlp.c_fc"
     ffn_out = "mlp.c_proj"
+    attention = attention_skip = "attn"

@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "dsee_config.json"
 ADAPTER_FILE = "adapter.safetensors"
 METRICS_FILE = "metrics.json"
+PRUNING_FILE = "pruning.json"
+MASKS_FILE = "masks.safetensors"
 CHECKPOINT_FILES = (CONFIG_FILE, ADAPTER_FILE, "config.json")
 
 
@@ -56,11 +58,26 @@ def adapter_state(model) -> dict:
 
 
 def save_checkpoint(
-    out: Path, model, tokenizer, dsee: DSEEConfig, task: Task, base: dict, metrics: dict
+    out: Path,
+    model,
+    tokenizer,
+    dsee: DSEEConfig,
+    task: Task,
+    base: dict,
+    metrics: dict,
+    pruning: dict | None = None,
+    masks: dict | None = None,
+    extra: dict | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
+    from .pruning import save_masks
+
     save_file(adapter_state(model), str(out / ADAPTER_FILE), metadata={"format": "dsee-deploy"})
+    if pruning:
+        (out / PRUNING_FILE).write_text(json.dumps(pruning, indent=2) + "\n")
+    if masks:
+        save_masks(masks, out / MASKS_FILE)
     model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = {
@@ -70,6 +87,7 @@ def save_checkpoint(
         "dsee": dsee.to_dict(),
         "task": task.to_dict(),
         "base_model": base,
+        **(extra or {}),
     }
     (out / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -129,6 +147,11 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
             f"{sha[:12]}...: pass --base-model (base_model=...) with the original weights"
         )
     inject_dsee(model, dsee, init=False)
+    pruning = read_pruning(ckpt)
+    if pruning:
+        from .surgery import apply_structure
+
+        apply_structure(model, pruning["layers"])
     try:
         tensors = load_file(str(ckpt / ADAPTER_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -136,11 +159,53 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
             f"'{ckpt / ADAPTER_FILE}' is not a readable safetensors file ({exc}): restore it or re-run dsee-tune"
         ) from exc
     _load_adapter(model, tensors, ckpt, loading["missing_keys"])
+    if (ckpt / MASKS_FILE).is_file():
+        _apply_saved_masks(model, ckpt)
+    info["trainable"] = sorted(n for n in tensors if not n.endswith("sparse_indices"))
+    info["pruning"] = pruning
     model.eval()
     return model, load_tokenizer(str(ckpt)), info
 
 
+def read_pruning(checkpoint: Path) -> dict | None:
+    path = Path(checkpoint) / PRUNING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DSEEError(f"'{path}' is not valid JSON ({exc}): restore it or re-run dsee-prune") from exc
+
+
+def _apply_saved_masks(model, ckpt: Path) -> None:
+    from .architectures import get_spec
+    from .pruning import apply_masks, load_masks
+
+    try:
+        masks = load_masks(ckpt / MASKS_FILE)
+    except Exception as exc:  # safetensors and numpy raise several types for a damaged file
+        raise DSEEError(
+            f"'{ckpt / MASKS_FILE}' is not a readable mask file ({exc}): restore it or re-run dsee-prune"
+        ) from exc
+    try:
+        apply_masks(model, get_spec(model.config.model_type), masks)
+    except ValueError as exc:
+        raise DSEEError(
+            f"'{ckpt / MASKS_FILE}' does not match the model ({exc}): it belongs to another checkpoint; restore "
+            f"this checkpoint's mask file or re-run dsee-prune"
+        ) from exc
+
+
 def _load_adapter(model, tensors: dict, ckpt: Path, missing_keys: list[str]) -> None:
+    # The number of sparse entries of an update may differ from the config's N after surgery: take the file's.
+    for name in [n for n in tensors if n.endswith(".sparse_indices")]:
+        prefix = name[: -len("sparse_indices")]
+        try:
+            update = model.get_submodule(prefix.rstrip("."))
+        except AttributeError:
+            continue  # reported below as not in the model
+        if f"{prefix}sparse_values" in tensors:
+            update.set_sparse(tensors[name], tensors[f"{prefix}sparse_values"])
     state = model.state_dict()
     needed = {n for n in state if ".updates." in n} | {k for k in missing_keys if k in state}
     problems = [f"{n} is absent" for n in sorted(needed - set(tensors))]

@@ -41,6 +41,44 @@ class DSEEUpdate(nn.Module):
         nn.init.zeros_(self.lora_B)
         nn.init.zeros_(self.sparse_values)
 
+    def set_sparse(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace the sparse support and values (their count N may change, e.g. after surgery)."""
+        device = self.lora_A.device
+        self.sparse_indices = indices.to(device=device, dtype=torch.long)
+        self.sparse_values = nn.Parameter(
+            values.to(device=device, dtype=self.lora_A.dtype), requires_grad=self.lora_A.requires_grad
+        )
+
+    @torch.no_grad()
+    def keep_rows(self, rows: torch.Tensor, row_start: int) -> None:
+        """Keep only output rows `rows` (local to this block, ascending); the block now starts at `row_start`."""
+        self.lora_B = nn.Parameter(self.lora_B[rows].clone(), requires_grad=self.lora_B.requires_grad)
+        self._keep_sparse(rows, axis=0)
+        self.out_features, self.row_start = len(rows), row_start
+
+    @torch.no_grad()
+    def keep_cols(self, cols: torch.Tensor) -> None:
+        """Keep only input columns `cols` (ascending)."""
+        self.lora_A = nn.Parameter(self.lora_A[:, cols].clone(), requires_grad=self.lora_A.requires_grad)
+        self._keep_sparse(cols, axis=1)
+        self.in_features = len(cols)
+
+    def _keep_sparse(self, kept: torch.Tensor, axis: int) -> None:
+        # Drop sparse entries in removed rows (axis 0) or columns (axis 1), renumber the rest.
+        rows = torch.div(self.sparse_indices, self.in_features, rounding_mode="floor")
+        cols = self.sparse_indices % self.in_features
+        size = self.out_features if axis == 0 else self.in_features
+        position = torch.full((size,), -1, dtype=torch.long)
+        position[kept] = torch.arange(len(kept))
+        old = rows if axis == 0 else cols
+        keep = position[old] >= 0
+        rows, cols = rows[keep], cols[keep]
+        if axis == 0:
+            rows, in_features = position[rows], self.in_features
+        else:
+            cols, in_features = position[cols], len(kept)
+        self.set_sparse(rows * in_features + cols, self.sparse_values.detach()[keep])
+
     @property
     def rows(self) -> slice:
         return slice(self.row_start, self.row_start + self.out_features)
@@ -73,6 +111,8 @@ class DSEELayer(nn.Module):
         self.base_layer = base_layer
         self.updates = nn.ModuleDict()
         self.merged = False
+        # Unstructured pruning mask, (out, in) bool: W' = (W + delta) ⊙ M. Saved apart (masks.safetensors).
+        self.register_buffer("weight_mask", None, persistent=False)
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
@@ -94,12 +134,24 @@ class DSEELayer(nn.Module):
         return update
 
     def delta_weight(self) -> torch.Tensor:
-        """Sum of all updates as one dense (out, in) matrix."""
+        """Sum of all updates as one dense (out, in) matrix, masked where the weights are pruned."""
         w = self.out_in_weight
         delta = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         for update in self.updates.values():
             delta[update.rows] += update.delta_weight().float()
+        if self.weight_mask is not None:
+            delta = delta * self.weight_mask
         return delta
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Fix an unstructured mask (out, in): pruned weights become zero, and no update can revive them."""
+        if mask.shape != self.out_in_weight.shape:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} for a weight of shape {tuple(self.out_in_weight.shape)}"
+            )
+        self.weight_mask = mask.to(device=self.out_in_weight.device, dtype=torch.bool)
+        self.out_in_weight.mul_(self.weight_mask)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -122,8 +174,11 @@ class DSEELayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)  # (..., out)
-        if self.merged:
+        if self.merged or not self.updates:
             return y
+        if self.weight_mask is not None:
+            # Masked: the update must be masked weight by weight, so it is applied as one dense matrix.
+            return y + nn.functional.linear(x.to(torch.float32), self.delta_weight()).to(y.dtype)
         for update in self.updates.values():
             if update.out_features == y.shape[-1]:
                 y = y + update(x).to(y.dtype)

@@ -1,0 +1,170 @@
+"""Pruning a DSEE model and recording exactly what was pruned (pruning.json)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..architectures import ArchSpec, get_spec
+from ..errors import DSEEError
+from ..surgery import apply_structure
+from .config import FORMAT_VERSION, PruneConfig
+from .gates import structure_sizes
+from .importance import structured_scores
+from .masks import apply_masks, choose_masks
+from .select import keep_structured, normalise_per_layer
+
+
+def encoder_flops(hidden: int, head_size: int, heads: list[int], ffn: list[int], seq_len: int) -> int:
+    """Analytic FLOPs (a multiply-add is 2) of the encoder blocks for one sequence of `seq_len` tokens."""
+    total = 0
+    for h, f in zip(heads, ffn, strict=True):
+        width = h * head_size
+        total += 3 * 2 * seq_len * hidden * width  # Q, K, V
+        total += 2 * 2 * seq_len * seq_len * width  # scores Q K^T and context P V
+        total += 2 * seq_len * width * hidden  # O
+        total += 2 * 2 * seq_len * hidden * f  # FFN in and out
+    return total
+
+
+def block_parameters(model: nn.Module, spec: ArchSpec) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of the encoder blocks, DSEE updates excluded."""
+    total = nonzero = 0
+    for block in spec.blocks(model):
+        for name, p in block.named_parameters():
+            if ".updates." in f".{name}":
+                continue
+            total += p.numel()
+            nonzero += int((p != 0).sum())
+    return total, nonzero
+
+
+def prune_model(
+    model: nn.Module, config: PruneConfig, batches=None, previous: dict | None = None, seq_len: int = 128
+) -> tuple[dict, dict]:
+    """Prune `model` in place (structured: physically; unstructured: fixed masks). Returns the pruning record
+    for pruning.json and the masks. `previous` is the record of a checkpoint that was pruned before."""
+    spec = get_spec(model.config.model_type)
+    if previous:
+        if config.structured and previous["structured"]:
+            raise DSEEError(
+                "this checkpoint's heads / FFN neurons were already pruned: prune the unpruned checkpoint once, "
+                "with the combined ratios"
+            )
+        if config.unstructured and previous["unstructured"]:
+            raise DSEEError(
+                "this checkpoint already has unstructured masks: prune the unpruned checkpoint once, with the "
+                "combined ratio"
+            )
+        n_layers, n_heads, width = len(previous["layers"]), previous["num_heads"], previous["ffn_width"]
+        dense_params = previous["parameters"]["encoder_dense"]
+        layers = [{"kept_heads": e["kept_heads"], "kept_ffn": e["kept_ffn"]} for e in previous["layers"]]
+    else:
+        n_layers, n_heads, width = structure_sizes(model, spec)
+        dense_params = block_parameters(model, spec)[0]
+        layers = [
+            {"kept_heads": list(range(n_heads)), "kept_ffn": list(range(width))} for _ in range(n_layers)
+        ]
+
+    if config.structured:
+        importance = config.structured_importance()
+        head_scores, ffn_scores = structured_scores(model, importance, batches, spec)
+        if importance == "taylor" and config.scope == "global":
+            head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
+        kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
+        kept_ffn = keep_structured(ffn_scores, config.ffn, config.scope, config.min_ffn)
+        layers = [{"kept_heads": h, "kept_ffn": f} for h, f in zip(kept_heads, kept_ffn, strict=True)]
+        apply_structure(model, layers, spec)
+
+    masks: dict = {}
+    if config.unstructured:
+        masks = choose_masks(
+            model,
+            spec,
+            config.unstructured,
+            config.unstructured_importance(),
+            config.scope,
+            config.unstructured_modules,
+        )
+        apply_masks(model, spec, masks)
+
+    hidden = spec.hidden_size(model.config)
+    head_size = hidden // n_heads
+    pruned_params, nonzero = block_parameters(model, spec)
+    dense_flops = encoder_flops(hidden, head_size, [n_heads] * n_layers, [width] * n_layers, seq_len)
+    pruned_flops = encoder_flops(
+        hidden,
+        head_size,
+        [len(e["kept_heads"]) for e in layers],
+        [len(e["kept_ffn"]) for e in layers],
+        seq_len,
+    )
+    for i, entry in enumerate(layers):
+        entry["sparsity"] = {
+            name.rsplit(".", 1)[1]: round(1 - float(m.float().mean()), 6)
+            for name, m in masks.items()
+            if name.startswith(f"layer.{i}.")
+        }
+        if previous:
+            entry["sparsity"] = entry["sparsity"] or previous["layers"][i].get("sparsity", {})
+    record = {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict() if not previous else {**previous["config"], **_changed(config)},
+        "structured": bool(config.structured or (previous and previous["structured"])),
+        "unstructured": bool(config.unstructured or (previous and previous["unstructured"])),
+        "importance": {
+            "structured": config.structured_importance()
+            if config.structured
+            else (previous or {}).get("importance", {}).get("structured"),
+            "unstructured": config.unstructured_importance()
+            if config.unstructured
+            else (previous or {}).get("importance", {}).get("unstructured"),
+        },
+        "num_layers": n_layers,
+        "num_heads": n_heads,
+        "head_size": head_size,
+        "hidden_size": hidden,
+        "ffn_width": width,
+        "layers": layers,
+        "parameters": {
+            "encoder_dense": dense_params,
+            "encoder_pruned": pruned_params,
+            "encoder_nonzero": nonzero,
+        },
+        "flops": {
+            "seq_len": seq_len,
+            "encoder_dense": dense_flops,
+            "encoder_pruned": pruned_flops,
+            "encoder_ratio": pruned_flops / dense_flops,
+        },
+    }
+    return record, masks
+
+
+def _changed(config: PruneConfig) -> dict:
+    """The fields a second, compatible pruning adds to the first one's config."""
+    defaults = PruneConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
+
+
+def format_report(record: dict) -> str:
+    """pruning.json as a table: per-layer heads, FFN width and sparsity, then parameters and FLOPs."""
+    lines = [
+        f"{'layer':>5} {'heads':>7} {'FFN':>11} {'unstructured sparsity':<40}",
+    ]
+    for i, e in enumerate(record["layers"]):
+        sparsity = ", ".join(f"{k} {100 * v:.0f}%" for k, v in e.get("sparsity", {}).items()) or "-"
+        lines.append(
+            f"{i:>5} {len(e['kept_heads']):>3}/{record['num_heads']:<3} {len(e['kept_ffn']):>5}/{record['ffn_width']:<5} "
+            f"{sparsity:<40}"
+        )
+    p, f = record["parameters"], record["flops"]
+    lines += [
+        "",
+        f"encoder parameters: {p['encoder_pruned']:,} of {p['encoder_dense']:,} dense "
+        f"({100 * p['encoder_pruned'] / p['encoder_dense']:.1f} %), {p['encoder_nonzero']:,} non-zero "
+        f"({100 * p['encoder_nonzero'] / p['encoder_dense']:.1f} %)",
+        f"encoder FLOPs at sequence length {f['seq_len']}: {f['encoder_pruned'] / 1e9:.3f} G of "
+        f"{f['encoder_dense'] / 1e9:.3f} G dense ({100 * f['encoder_ratio']:.1f} %; dense kernels: unstructured "
+        f"zeros do not count)",
+    ]
+    return "\n".join(lines)

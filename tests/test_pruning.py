@@ -1,0 +1,214 @@
+"""Pruning: masked and physically shrunk models agree on every architecture; pruned checkpoints reload."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_CONFIGS, batch_for
+from test_checkpoint import make_checkpoint
+
+from dsee_deploy import load_dsee, load_merged
+from dsee_deploy.architectures import get_spec
+from dsee_deploy.checkpoint import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    MASKS_FILE,
+    PRUNING_FILE,
+    prepare_output_dir,
+    save_checkpoint,
+)
+from dsee_deploy.data import Task
+from dsee_deploy.errors import DSEEError
+from dsee_deploy.pruning import PruneConfig, load_masks, prune_model, save_masks
+from dsee_deploy.pruning.gates import gated, gates_for, structure_sizes
+from dsee_deploy.pruning.select import keep_structured, magnitude_masks
+from dsee_deploy.surgery import apply_structure
+from dsee_deploy.tuning import DSEEConfig, dsee_layers, unwrap_dsee
+
+ALL = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+# Tiny models: 2 layers, 4 heads, FFN width 48. Layer 0 keeps 2 heads and a third of its FFN; layer 1 keeps
+# nothing: its attention and FFN both reduce to their output biases.
+LAYOUT = [{"kept_heads": [0, 2], "kept_ffn": list(range(0, 48, 3))}, {"kept_heads": [], "kept_ffn": []}]
+
+
+def _dsee_model(model_type, tiny_bases, tmp_path, targets=ALL):
+    from test_tuning import _load_tiny, _randomize_updates
+
+    from dsee_deploy.tuning import inject_dsee
+
+    model, tok = _load_tiny(model_type, tiny_bases[model_type])
+    inject_dsee(
+        model, DSEEConfig(rank=4, alpha=8, num_sparse=40, target_modules=targets, sparse_init="random")
+    )
+    _randomize_updates(model)
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("layout", [LAYOUT, LAYOUT[::-1]], ids=["empty-last", "empty-first"])
+def test_shrunk_model_equals_masked_model_including_empty_layers(model_type, layout, tiny_bases, tmp_path):
+    model, tok = _dsee_model(model_type, tiny_bases, tmp_path)
+    batch = batch_for(tok)
+    _, heads, width = structure_sizes(model)
+    head_gates, ffn_gates = gates_for(layout, heads, width)
+    shrunk = apply_structure(copy.deepcopy(model), layout)
+    with torch.no_grad():
+        with gated(model, head_gates, ffn_gates):
+            masked = model(**batch).logits
+        full = model(**batch).logits
+        out = shrunk(**batch).logits
+    assert (full - masked).abs().max() > 1e-4  # the pruning matters, so agreement below means something
+    torch.testing.assert_close(out, masked, atol=1e-5, rtol=0)  # fp32: the same sums over fewer terms
+    # shapes: every DSEE update sliced with its projection
+    spec = get_spec(model_type)
+    for _, layer in dsee_layers(shrunk):
+        out_f, in_f = layer.out_in_weight.shape
+        for update in layer.updates.values():
+            assert update.lora_A.shape[1] == in_f and update.row_start + update.out_features <= out_f
+            assert (update.sparse_indices < update.out_features * update.in_features).all()
+    assert sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in model.parameters())
+    merged = unwrap_dsee(shrunk)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, masked, atol=1e-5, rtol=0)
+    assert spec.blocks(merged)
+
+
+def test_global_selection_is_non_uniform_and_exact():
+    scores = torch.tensor([[1.0, 2, 3, 4], [10, 20, 30, 40], [0.1, 0.2, 0.3, 50]])
+    kept = keep_structured(scores, 0.5, "global", minimum=0)
+    assert kept == [[3], [0, 1, 2, 3], [3]]  # the six lowest scores, wherever they are
+    # minimum 2 per layer: once layers 0 and 2 are down to 2, the ranking moves on to layer 1
+    assert keep_structured(scores, 0.5, "global", minimum=2) == [[2, 3], [2, 3], [2, 3]]
+    assert [len(k) for k in keep_structured(scores, 0.5, "layer", minimum=0)] == [2, 2, 2]
+
+
+def test_unstructured_masks_hit_the_ratio_globally_and_per_matrix():
+    gen = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(8, 6, generator=gen), "b": 3 * torch.rand(4, 5, generator=gen)}
+    total = sum(s.numel() for s in scores.values())
+    glob = magnitude_masks(scores, 0.5, "global")
+    assert sum(int((~m).sum()) for m in glob.values()) == round(0.5 * total)
+    assert (~glob["a"]).sum() > (~glob["b"]).sum()  # global: the low-scoring matrix loses more
+    per = magnitude_masks(scores, 0.5, "layer")
+    assert [int((~m).sum()) for m in per.values()] == [24, 10]
+
+
+def test_masks_round_trip_as_packed_bits(tmp_path):
+    masks = {"layer.0.query": torch.rand(7, 9) > 0.5, "layer.1.ffn_out": torch.rand(3, 5) > 0.3}
+    save_masks(masks, tmp_path / "m.safetensors")
+    again = load_masks(tmp_path / "m.safetensors")
+    assert all(torch.equal(again[k], masks[k]) for k in masks)
+    assert (tmp_path / "m.safetensors").stat().st_size < 500  # bits, not bytes or floats
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_unstructured_mask_holds_through_training_and_merging(model_type, tiny_bases, tmp_path):
+    model, tok = _dsee_model(model_type, tiny_bases, tmp_path, targets=("query", "value"))
+    record, masks = prune_model(model, PruneConfig(unstructured=0.5, importance="wabs"))
+    assert record["unstructured"] and not record["structured"]
+    assert (
+        abs(1 - record["parameters"]["encoder_nonzero"] / record["parameters"]["encoder_dense"] - 0.5) < 0.15
+    )
+    layers = dict(dsee_layers(model))
+    # a trained update must not revive a pruned weight: move B and S, then merge
+    with torch.no_grad():
+        for layer in layers.values():
+            for u in layer.updates.values():
+                u.lora_B.add_(1.0)
+                u.sparse_values.add_(1.0)
+    batch = batch_for(tok)
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        merged = unwrap_dsee(model)
+        torch.testing.assert_close(merged(**batch).logits, unmerged, atol=1e-5, rtol=0)
+    spec = get_spec(model_type)
+    for name, mask in masks.items():
+        _, i, target = name.split(".")
+        site = spec.site(target)
+        module = spec.blocks(merged)[int(i)].get_submodule(site.path)
+        w = module.weight.T if module.__class__.__name__ == "Conv1D" else module.weight
+        rows = w.shape[0] // site.parts
+        assert (w[site.part * rows : (site.part + 1) * rows][~mask] == 0).all(), name
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("importance", ["abs", "wabs", "taylor"])
+def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, tiny_bases, tmp_path):
+    model, tok = make_checkpoint(model_type, tiny_bases[model_type], tmp_path / "dense")
+    batch = batch_for(tok)
+    labels = batch["input_ids"].clone() if model_type == "gpt2" else torch.tensor([0, 1, 1])
+    batches = [{**batch, "labels": labels}] * 2
+    config = PruneConfig(
+        heads=0.5, ffn=0.5, unstructured=0.3 if importance != "taylor" else 0.0, importance=importance
+    )
+    record, masks = prune_model(model, config, batches=batches)
+    assert record["flops"]["encoder_ratio"] < 0.75
+    with torch.no_grad():
+        expected = model(**batch).logits
+    info = load_dsee(tmp_path / "dense")[2]
+    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
+    save_checkpoint(
+        out,
+        model,
+        tok,
+        DSEEConfig.from_dict(info["dsee"]),
+        Task(**info["task"]),
+        info["base_model"],
+        {},
+        pruning=record,
+        masks=masks,
+    )
+    reloaded, _, info2 = load_dsee(out)
+    assert info2["pruning"]["layers"] == record["layers"]
+    merged, _ = load_merged(out)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=0)
+    assert (out / MASKS_FILE).exists() == bool(masks)
+
+
+def test_bad_ratios_are_refused_with_the_flag_name():
+    for kwargs, flag in (
+        ({"heads": 1.0}, "--prune-heads"),
+        ({"ffn": -0.1}, "--prune-ffn"),
+        ({"unstructured": 1.5}, "--prune-unstructured"),
+    ):
+        with pytest.raises(ValueError, match=f"{flag} must be in \\[0, 1\\)"):
+            PruneConfig(**kwargs)
+    with pytest.raises(ValueError, match="taylor scores heads"):
+        PruneConfig(unstructured=0.5, importance="taylor")
+
+
+def test_pruning_twice_the_same_way_is_refused(tiny_bases, tmp_path):
+    model, tok = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
+    record, _ = prune_model(model, PruneConfig(heads=0.25, importance="wabs"))
+    with pytest.raises(DSEEError, match="already pruned"):
+        prune_model(model, PruneConfig(ffn=0.25, importance="wabs"), previous=record)
+    both, masks = prune_model(model, PruneConfig(unstructured=0.2), previous=record)  # compatible: adds masks
+    assert both["structured"] and both["unstructured"] and masks
+    with pytest.raises(DSEEError, match="already has unstructured masks"):
+        prune_model(model, PruneConfig(unstructured=0.2), previous=both)
+
+
+def test_a_mask_file_of_another_model_is_refused(tiny_bases, tmp_path):
+    model, tok = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
+    info = load_dsee(tmp_path / "dense")[2]
+    record, masks = prune_model(model, PruneConfig(heads=0.5, unstructured=0.3, importance="wabs"))
+    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
+    save_checkpoint(
+        out,
+        model,
+        tok,
+        DSEEConfig.from_dict(info["dsee"]),
+        Task(**info["task"]),
+        info["base_model"],
+        {},
+        pruning=record,
+        masks=masks,
+    )
+    save_masks({"layer.0.query": torch.ones(5, 5, dtype=torch.bool)}, out / MASKS_FILE)
+    with pytest.raises(DSEEError, match="masks.safetensors' does not match the model .*re-run dsee-prune"):
+        load_merged(out)
+    assert {ADAPTER_FILE, CONFIG_FILE, PRUNING_FILE} <= {p.name for p in out.iterdir()}
