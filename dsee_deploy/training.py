@@ -38,8 +38,8 @@ class TrainOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("give --epochs > 0 or --max-steps > 0")
+        if self.epochs < 0:
+            raise ValueError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -72,7 +72,18 @@ def compute_metrics_for(kind: str):
     return {"classification": classification, "regression": regression}.get(kind)
 
 
-def build_trainer(model, tokenizer, train_ds, eval_ds, kind: str, opts: TrainOptions, work_dir: Path):
+def build_trainer(
+    model,
+    tokenizer,
+    train_ds,
+    eval_ds,
+    kind: str,
+    opts: TrainOptions,
+    work_dir: Path,
+    teacher=None,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 2.0,
+):
     import torch
     from transformers import (
         DataCollatorForLanguageModeling,
@@ -124,13 +135,19 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, kind: str, opts: TrainOpt
         if kind == "causal-lm"
         else DataCollatorWithPadding(tokenizer)
     )
-    return Trainer(
+    kwargs = {}
+    cls = Trainer
+    if teacher is not None:
+        cls = distillation_trainer_class()
+        kwargs = {"teacher": teacher, "alpha": distill_alpha, "temperature": distill_temperature}
+    return cls(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
         compute_metrics=compute_metrics_for(kind),
+        **kwargs,
     )
 
 
@@ -143,3 +160,54 @@ def add_perplexity(metrics: dict) -> dict:
     for key in [k for k in metrics if k.endswith("_loss")]:
         metrics[key.replace("_loss", "_perplexity")] = float(math.exp(min(metrics[key], 50)))
     return metrics
+
+
+def importance_batches(ds, tokenizer, kind: str, samples: int, batch_size: int) -> list[dict]:
+    """The first `samples` training examples, collated into batches, for taylor importance."""
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+
+    collate = (
+        DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        if kind == "causal-lm"
+        else DataCollatorWithPadding(tokenizer)
+    )
+    subset = ds.select(range(min(samples, len(ds))))
+    return [
+        dict(collate([subset[j] for j in range(i, min(i + batch_size, len(subset)))]))
+        for i in range(0, len(subset), batch_size)
+    ]
+
+
+def distillation_trainer_class():
+    """A Trainer whose loss mixes the task loss with a distillation loss from a frozen teacher (the unpruned
+    tuned model): KL between temperature-softened distributions for classification and LM, MSE for
+    regression. Built lazily so that importing this module does not import transformers."""
+    import torch
+    from torch.nn import functional as F
+    from transformers import Trainer
+
+    class DistillationTrainer(Trainer):
+        def __init__(self, *args, teacher, alpha: float, temperature: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher, self.alpha, self.temperature = teacher.eval(), alpha, temperature
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            with torch.no_grad():
+                teacher_logits = self.teacher(**inputs).logits
+            student = outputs.logits
+            if student.shape[-1] == 1:  # regression
+                distill = F.mse_loss(student, teacher_logits)
+            else:
+                t = self.temperature
+                distill = F.kl_div(
+                    F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1),
+                    F.softmax(teacher_logits.reshape(-1, student.shape[-1]) / t, dim=-1),
+                    reduction="batchmean",
+                ) * (t * t)
+            loss = (1 - self.alpha) * outputs.loss + self.alpha * distill
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationTrainer
