@@ -286,7 +286,7 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
         scores = run.trainer.evaluate(ds, metric_key_prefix=prefix)
         return add_perplexity(scores) if task.kind == "causal-lm" else scores
 
-    if opts.epochs > 0 or opts.max_steps > 0:
+    if opts.epochs > 0:  # --epochs 0: straight to pruning (e.g. with --resume of a tuned checkpoint)
         train_round(opts.epochs)
     if prune_config.any:
         if eval_ds is not None:
