@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import DSEEError, require_extra
 from . import run_cli
@@ -134,11 +137,20 @@ def tune(argv: list[str] | None = None) -> int:
     return _train_prune_save(args, run, opts, prune_config, started)
 
 
+@dataclass
 class Run:
     """What a tuning run carries from step to step."""
 
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
+    model: Any
+    tokenizer: Any
+    task: Any  # data.Task
+    dsee: Any  # tuning.DSEEConfig
+    base: dict  # base model reference and sha256
+    pruning: dict | None  # pruning.json record, when pruned
+    masks: dict | None  # unstructured masks, when pruned that way
+    encode_all: Callable  # tokenizer -> (train, eval, test) datasets
+    source: str  # where the model came from, for the summary line
+    trainer: Any = None  # the last Trainer, which also evaluates
 
 
 def _datasets(args, task_kind: str | None, fixed_task=None):
@@ -258,11 +270,10 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
     work = out / "trainer"
     metrics: dict = {"method": "full" if args.full_finetune else "dsee"}
     steps = wall = 0.0
-    run.trainer = None
 
     def train_round(epochs: float, teacher=None) -> None:
         nonlocal steps, wall
-        round_opts = _with_epochs(opts, epochs)
+        round_opts = replace(opts, epochs=epochs)
         trainer = build_trainer(
             model,
             run.tokenizer,
@@ -367,12 +378,6 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
         f"saved {out}: {', '.join(shown) or 'no evaluation data given'}; {int(steps)} steps in {wall:.0f} s"
     )
     return 0
-
-
-def _with_epochs(opts, epochs: float):
-    from dataclasses import replace
-
-    return replace(opts, epochs=epochs)
 
 
 if __name__ == "__main__":
