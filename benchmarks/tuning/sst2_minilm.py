@@ -20,6 +20,24 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
+def write_markdown(results: dict) -> None:
+    rows = [
+        "| method | trainable params | % of total | test acc (872) | dev acc | steps | wall time | step time "
+        "(idle machine) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("dsee", "full"):
+        if name in results:
+            r = results[name]
+            rows.append(
+                f"| {name} | {r['trainable_parameters']:,} | {r['trainable_percent']:.2f} % | "
+                f"{100 * r['test_accuracy']:.2f} % | {100 * r['eval_accuracy']:.2f} % | {r['train_steps']} | "
+                f"{r['train_wall_time_s'] / 60:.1f} min | {r.get('clean_step_time_s', float('nan')):.3f} s |"
+            )
+    (HERE / "sst2_minilm.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
@@ -61,6 +79,33 @@ def main() -> int:
     variants = {"dsee": [], "full": ["--full-finetune"]}
     out_json = HERE / "sst2_minilm.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
+    if a.step_time:
+        # Same data and batch, 60 steps each, no evaluation: step time without other load on the machine.
+        timing = [
+            "--train",
+            str(data / "train.tsv"),
+            "--max-train-samples",
+            "1920",
+            "--max-steps",
+            "60",
+            "--batch-size",
+            "32",
+            "--max-length",
+            "64",
+            "--overwrite",
+        ]
+        for name, extra in variants.items():
+            out = Path(a.runs) / f"steptime-{name}"
+            if tune([*timing, *extra, "--output", str(out)]) != 0:
+                return 1
+            m = json.loads((out / "metrics.json").read_text())
+            results.setdefault(name, {})["clean_step_time_s"] = m["train_step_time_s"]
+        results["step_time_ratio_full_over_dsee"] = (
+            results["full"]["clean_step_time_s"] / results["dsee"]["clean_step_time_s"]
+        )
+        out_json.write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results)
+        return 0
     for name, extra in variants.items():
         if a.only and name != a.only:
             continue
@@ -69,7 +114,7 @@ def main() -> int:
         if tune(command[1:]) != 0:
             return 1
         metrics = json.loads((out / "metrics.json").read_text())
-        results[name] = {"command": " ".join(command), **metrics}
+        results[name] = {**results.get(name, {}), "command": " ".join(command), **metrics}
     results["machine"] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -79,20 +124,7 @@ def main() -> int:
         "torch": torch.__version__,
     }
     out_json.write_text(json.dumps(results, indent=2) + "\n")
-    rows = [
-        "| method | trainable params | % of total | test acc (872) | dev acc | steps | wall time | step time |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name in ("dsee", "full"):
-        if name in results:
-            r = results[name]
-            rows.append(
-                f"| {name} | {r['trainable_parameters']:,} | {r['trainable_percent']:.2f} % | "
-                f"{100 * r['test_accuracy']:.2f} % | {100 * r['eval_accuracy']:.2f} % | {r['train_steps']} | "
-                f"{r['train_wall_time_s'] / 60:.1f} min | {r['train_step_time_s']:.3f} s |"
-            )
-    (HERE / "sst2_minilm.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_markdown(results)
     return 0
 
 
