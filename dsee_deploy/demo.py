@@ -3,8 +3,9 @@
     python -m dsee_deploy.demo                        # the sample sentences shipped with the package
     python -m dsee_deploy.demo --data ../shared/data/sst2   # any GLUE-style folder: train.tsv, dev.tsv[, test.tsv]
 
-Runs dsee-tune, loads the checkpoint merged, checks merged against unmerged outputs, and classifies a few new
-sentences. Later stages (prune, export, bench) join here as they land.
+Runs dsee-tune, then prunes half of the attention heads and FFN neurons and re-tunes (distilling from the
+unpruned model), reports what was pruned, loads both checkpoints merged, checks merged against unmerged outputs,
+and classifies a few new sentences. Later stages (export, bench) join here as they land.
 """
 
 from __future__ import annotations
@@ -47,40 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
             print(f"error: --data '{data}' needs train.tsv and dev.tsv (GLUE layout)", file=sys.stderr)
             return 2
-        args = [
-            "--train",
-            str(data / "train.tsv"),
-            "--eval",
-            str(data / "dev.tsv"),
-            "--max-train-samples",
-            "4000",
-            "--max-eval-samples",
-            "1000",
-            "--epochs",
-            "1",
-            "--max-length",
-            "64",
-        ]
+        args = ["--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv")]
+        args += ["--max-train-samples", "4000", "--max-eval-samples", "1000", "--max-length", "64"]
         if (data / "test.tsv").is_file():
             args += ["--test", str(data / "test.tsv")]
+        epochs = "1"
         source = f"{data} (first 4,000 training sentences, 1 epoch)"
     else:
-        args = [
-            "--train",
-            str(SAMPLES / "train.tsv"),
-            "--eval",
-            str(SAMPLES / "dev.tsv"),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "16",
-            "--max-length",
-            "32",
-        ]
+        args = ["--train", str(SAMPLES / "train.tsv"), "--eval", str(SAMPLES / "dev.tsv")]
+        args += ["--batch-size", "16", "--max-length", "32"]
+        epochs = "3"
         source = "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
 
     step(f"1. dsee-tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")
-    command = ["--output", str(out), "--overwrite", *args]
+    command = ["--output", str(out), "--overwrite", "--epochs", epochs, *args]
     print("$ dsee-tune " + " ".join(command), flush=True)
     started = time.perf_counter()
     code = run_cli(lambda: tune(command))
@@ -94,26 +75,63 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; test accuracy {100 * metrics['test_accuracy']:.1f} %" if "test_accuracy" in metrics else "")
     )
 
-    step("2. load_merged: the update merged into the weights, a plain transformers model")
+    pruned = Path(a.output) / "pruned"
+    step(
+        "2. prune 50 % of the heads and 50 % of the FFN neurons (taylor scores, global), re-tune with distillation"
+    )
+    command = [
+        "--resume",
+        str(out),
+        "--output",
+        str(pruned),
+        "--overwrite",
+        "--epochs",
+        "0",
+        "--prune-heads",
+        "0.5",
+        "--prune-ffn",
+        "0.5",
+        "--retune-epochs",
+        epochs,
+        "--distill",
+        *args,
+    ]
+    print("$ dsee-tune " + " ".join(command), flush=True)
+    code = run_cli(lambda: tune(command))
+    if code:
+        return code
+    from .cli.prune import main as prune
+
+    print(f"$ dsee-prune {pruned} --report", flush=True)
+    prune([str(pruned), "--report"])
+
+    step(
+        "3. load_merged: the update merged into the weights, a plain (and for the pruned one, smaller) model"
+    )
     import torch
 
     from . import load_dsee, load_merged
 
-    merged, tokenizer = load_merged(out)
-    unmerged, _, _ = load_dsee(out)
-    batch = tokenizer(NEW_SENTENCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = merged(**batch).logits
-        diff = (logits - unmerged(**batch).logits).abs().max().item()
-    print(f"{type(merged).__name__}; merged vs unmerged logits: max abs difference {diff:.2e}")
+    for name, ckpt in (("unpruned", out), ("pruned", pruned)):
+        merged, tokenizer = load_merged(ckpt)
+        unmerged, _, _ = load_dsee(ckpt)
+        batch = tokenizer(NEW_SENTENCES, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = merged(**batch).logits
+            diff = (logits - unmerged(**batch).logits).abs().max().item()
+        params = sum(p.numel() for p in merged.parameters())
+        print(
+            f"{name}: {type(merged).__name__}, {params:,} parameters; merged vs unmerged logits: max abs "
+            f"difference {diff:.2e}"
+        )
 
-    step("3. predictions on sentences the model never saw")
+    step("4. the pruned model on sentences it never saw")
     probs = logits.softmax(-1)
     for text, row in zip(NEW_SENTENCES, probs, strict=True):
         label = merged.config.id2label[int(row.argmax())]
         name = {"0": "negative", "1": "positive"}.get(label, label)
         print(f"  {name:>8} ({row.max():.2f})  {text}")
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoint in {out}/")
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/")
     return 0
 
 
