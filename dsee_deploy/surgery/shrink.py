@@ -8,6 +8,8 @@ heads), and a layer that loses every FFN neuron keeps zero-width FFN projections
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D, prune_layer
@@ -51,7 +53,10 @@ def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> nn.Mo
     # prune_layer's dim: Linear keeps weight (out, in), Conv1D keeps (in, out)
     dim = {"out": 0, "in": 1}[side] if isinstance(module, nn.Linear) else {"out": 1, "in": 0}[side]
     requires_grad = module.weight.requires_grad
-    new = prune_layer(module, index, dim=dim)
+    with warnings.catch_warnings():
+        # torch warns that initialising an empty layer is a no-op: expected when a layer loses everything
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = prune_layer(module, index, dim=dim)
     if isinstance(new, Conv1D) and 0 in new.weight.shape:
         # Conv1D's forward cannot reshape a zero-width input; an equivalent Linear can run it.
         linear = nn.Linear(
