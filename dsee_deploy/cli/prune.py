@@ -166,11 +166,14 @@ def report(ckpt: Path) -> int:
     metrics_path = ckpt / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        shown = {
-            k: v for k, v in metrics.items() if k.endswith("_accuracy") or k.startswith("before_pruning")
-        }
+        before = metrics.get("before_pruning", {})
+        shown = []
+        for key in ("eval_accuracy", "test_accuracy", "eval_pearson", "test_pearson", "eval_perplexity"):
+            if key in metrics:
+                was = f"{before[key]:.4f} before pruning, " if key in before else ""
+                shown.append(f"{key.replace('_', ' ')}: {was}{metrics[key]:.4f} now")
         if shown:
-            print("metrics: " + json.dumps(shown))
+            print("; ".join(shown))
     return 0
 
 
