@@ -80,7 +80,10 @@ def main() -> int:
             "command": " ".join(command),
             "test_accuracy": metrics["test_accuracy"],
             "eval_accuracy": metrics["eval_accuracy"],
-            "test_accuracy_before_retuning": metrics["before_pruning"].get("test_accuracy"),
+            "test_accuracy_before_pruning": metrics["before_pruning"].get("test_accuracy"),
+            "test_accuracy_after_pruning_before_retuning": metrics.get("after_pruning", {}).get(
+                "test_accuracy"
+            ),
             "delta_vs_unpruned_points": 100 * (metrics["test_accuracy"] - unpruned["test_accuracy"]),
             "encoder_params_dense": record["parameters"]["encoder_dense"],
             "encoder_params_pruned": record["parameters"]["encoder_pruned"],

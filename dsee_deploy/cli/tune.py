@@ -317,6 +317,10 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
         )
         run.masks = {**(run.masks or {}), **new_masks} or None
         print(format_report(run.pruning), file=sys.stderr)
+        if test_ds is not None:  # what re-tuning has to recover
+            metrics["after_pruning"] = {
+                k: v for k, v in evaluate("test", test_ds).items() if k.startswith("test_")
+            }
         retune = args.retune_epochs if args.retune_epochs is not None else opts.epochs
         if retune > 0:
             train_round(retune, teacher)
