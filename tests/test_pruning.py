@@ -133,6 +133,15 @@ def test_unstructured_mask_holds_through_training_and_merging(model_type, tiny_b
         assert (w[site.part * rows : (site.part + 1) * rows][~mask] == 0).all(), name
 
 
+def save_pruned(tmp_path, model, tok, record, masks):
+    """Save a model pruned in memory as a checkpoint beside the dense one it came from (tmp_path / 'dense')."""
+    info = load_dsee(tmp_path / "dense")[2]
+    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
+    dsee, task = DSEEConfig.from_dict(info["dsee"]), Task(**info["task"])
+    save_checkpoint(out, model, tok, dsee, task, info["base_model"], {}, pruning=record, masks=masks)
+    return out
+
+
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 @pytest.mark.parametrize("importance", ["abs", "wabs", "taylor"])
 def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, tiny_bases, tmp_path):
@@ -147,19 +156,7 @@ def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, t
     assert record["flops"]["encoder_ratio"] < 0.75
     with torch.no_grad():
         expected = model(**batch).logits
-    info = load_dsee(tmp_path / "dense")[2]
-    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
-    save_checkpoint(
-        out,
-        model,
-        tok,
-        DSEEConfig.from_dict(info["dsee"]),
-        Task(**info["task"]),
-        info["base_model"],
-        {},
-        pruning=record,
-        masks=masks,
-    )
+    out = save_pruned(tmp_path, model, tok, record, masks)
     reloaded, _, info2 = load_dsee(out)
     assert info2["pruning"]["layers"] == record["layers"]
     merged, _ = load_merged(out)
@@ -194,20 +191,8 @@ def test_pruning_twice_the_same_way_is_refused(tiny_bases, tmp_path):
 
 def test_a_mask_file_of_another_model_is_refused(tiny_bases, tmp_path):
     model, tok = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
-    info = load_dsee(tmp_path / "dense")[2]
     record, masks = prune_model(model, PruneConfig(heads=0.5, unstructured=0.3, importance="wabs"))
-    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
-    save_checkpoint(
-        out,
-        model,
-        tok,
-        DSEEConfig.from_dict(info["dsee"]),
-        Task(**info["task"]),
-        info["base_model"],
-        {},
-        pruning=record,
-        masks=masks,
-    )
+    out = save_pruned(tmp_path, model, tok, record, masks)
     save_masks({"layer.0.query": torch.ones(5, 5, dtype=torch.bool)}, out / MASKS_FILE)
     with pytest.raises(DSEEError, match="masks.safetensors' does not match the model .*re-run dsee-prune"):
         load_merged(out)
