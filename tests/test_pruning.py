@@ -197,3 +197,20 @@ def test_a_mask_file_of_another_model_is_refused(tiny_bases, tmp_path):
     with pytest.raises(DSEEError, match="masks.safetensors' does not match the model .*re-run dsee-prune"):
         load_merged(out)
     assert {ADAPTER_FILE, CONFIG_FILE, PRUNING_FILE} <= {p.name for p in out.iterdir()}
+
+
+def test_a_surgery_that_changes_the_function_is_caught(tiny_bases, tmp_path, monkeypatch):
+    import dsee_deploy.pruning.prune as prune_module
+
+    real = prune_module.apply_structure
+
+    def faulty(model, layers, spec=None):
+        real(model, layers, spec)
+        with torch.no_grad():  # a slicing mistake: one kept FFN weight altered
+            block = get_spec("bert").blocks(model)[0]
+            block.output.dense.weight[0, 0] += 1.0
+
+    monkeypatch.setattr(prune_module, "apply_structure", faulty)
+    model, _ = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
+    with pytest.raises(DSEEError, match="physically pruned model differs from the masked one"):
+        prune_model(model, PruneConfig(heads=0.25, ffn=0.25, importance="wabs"))

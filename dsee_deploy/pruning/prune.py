@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..architectures import ArchSpec, get_spec
+from ..architectures import ArchSpec, get_module, get_spec
 from ..errors import DSEEError
 from ..surgery import apply_structure
 from .config import FORMAT_VERSION, PruneConfig
-from .gates import structure_sizes
+from .gates import gated, gates_for, structure_sizes
 from .importance import structured_scores
 from .masks import apply_masks, choose_masks
 from .select import keep_structured, normalise_per_layer
@@ -73,7 +74,7 @@ def prune_model(
         kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
         kept_ffn = keep_structured(ffn_scores, config.ffn, config.scope, config.min_ffn)
         layers = [{"kept_heads": h, "kept_ffn": f} for h, f in zip(kept_heads, kept_ffn, strict=True)]
-        apply_structure(model, layers, spec)
+        shrink_checked(model, layers, spec, n_heads, width)
 
     masks: dict = {}
     if config.unstructured:
@@ -138,6 +139,41 @@ def prune_model(
         },
     }
     return record, masks
+
+
+def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads: int, width: int) -> None:
+    """Physically remove what `layers` drops, then check the result against the masked (gated) dense model on a
+    fixed input, and the new FFN widths, before anything else uses it."""
+    torch.manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    probe = {
+        "input_ids": torch.randint(5, vocab, (2, 16)),
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+    }
+    probe = {k: v.to(next(model.parameters()).device) for k, v in probe.items()}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        with gated(model, *gates_for(layers, n_heads, width), spec):
+            expected = model(**probe).logits
+        apply_structure(model, layers, spec)
+        got = model(**probe).logits
+    model.train(was_training)
+    for i, (block, entry) in enumerate(zip(spec.blocks(model), layers, strict=True)):
+        ffn_in = get_module(block, spec.ffn_in)
+        ffn_in = getattr(ffn_in, "base_layer", ffn_in)
+        out_f = ffn_in.weight.shape[1] if ffn_in.__class__.__name__ == "Conv1D" else ffn_in.weight.shape[0]
+        if out_f != len(entry["kept_ffn"]):
+            raise DSEEError(
+                f"surgery left layer {i} with {out_f} FFN neurons, not {len(entry['kept_ffn'])}: a bug"
+            )
+    # 1e-4: fp32 sums over fewer terms in a different order, through up to a few dozen layers
+    diff = (got - expected).abs().max().item()
+    if not diff <= 1e-4:
+        raise DSEEError(
+            f"the physically pruned model differs from the masked one by {diff:.2e} (tolerance 1e-4): a surgery "
+            f"bug for {model.config.model_type}; please report it with this checkpoint's pruning.json"
+        )
 
 
 def _changed(config: PruneConfig) -> dict:
