@@ -57,13 +57,12 @@ def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> nn.Mo
         # torch warns that initialising an empty layer is a no-op: expected when a layer loses everything
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         new = prune_layer(module, index, dim=dim)
-    if isinstance(new, Conv1D) and 0 in new.weight.shape:
-        # Conv1D's forward cannot reshape a zero-width input; an equivalent Linear can run it.
-        linear = nn.Linear(
-            new.weight.shape[0], new.weight.shape[1], device=new.weight.device, dtype=new.weight.dtype
-        )
-        linear.weight.data, linear.bias.data = new.weight.data.T.contiguous(), new.bias.data
-        new = linear
+        if isinstance(new, Conv1D) and 0 in new.weight.shape:
+            # Conv1D's forward cannot reshape a zero-width input; an equivalent Linear can run it.
+            in_f, out_f = new.weight.shape
+            linear = nn.Linear(in_f, out_f, device=new.weight.device, dtype=new.weight.dtype)
+            linear.weight.data, linear.bias.data = new.weight.data.T.contiguous(), new.bias.data
+            new = linear
     for p in new.parameters():
         p.requires_grad_(requires_grad)
     return new
