@@ -31,11 +31,14 @@ class AttentionSkip(nn.Module):
 
     def forward(self, *args, **kwargs):
         # Attention modules are called with their input first, by position or by name (DistilBERT: query=).
-        hidden_states = args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
-        lead = hidden_states.shape[:-1]  # (B, T)
+        hidden_states = (
+            args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
+        )  # (B, T, hidden)
+        # Written with shape-following ops (slice, expand_as), not sizes read into Python, so that a traced or
+        # exported graph keeps its batch and sequence axes dynamic.
         if self.bias is None:
-            return hidden_states.new_zeros(*lead, 0), None
-        return self.bias.to(hidden_states.dtype).expand(*lead, self.hidden_size), None
+            return hidden_states[..., :0], None  # (B, T, 0): no heads, no context
+        return self.bias.to(hidden_states.dtype).expand_as(hidden_states), None  # (B, T, hidden)
 
 
 def _out_in(module: nn.Module) -> tuple[int, int]:
