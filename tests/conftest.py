@@ -135,7 +135,13 @@ def build_base(model_type: str, path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[model_type]()
     cls = AutoModelForCausalLM if model_type == "gpt2" else AutoModel
-    cls.from_config(config).save_pretrained(path)
+    model = cls.from_config(config)
+    with torch.no_grad():
+        # Trained weights have no two identical tensors; fresh ones do (zero biases, unit LayerNorm weights),
+        # which an ONNX exporter would store once. Small seeded noise makes every tensor distinct.
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape))
+    model.save_pretrained(path)
     # DistilBERT and GPT-2 take no token_type_ids
     make_tokenizer(token_types=hasattr(config, "type_vocab_size")).save_pretrained(path)
     return path

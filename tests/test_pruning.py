@@ -206,7 +206,9 @@ def test_a_surgery_that_changes_the_function_is_caught(tiny_bases, tmp_path, mon
 
     def faulty(model, layers, spec=None):
         real(model, layers, spec)
-        with torch.no_grad():  # a surgery bug: wrong values in layer 0's FFN output (logits move ~2.6e-2 here)
+        with (
+            torch.no_grad()
+        ):  # a surgery bug: wrong values in layer 0's FFN output (logits move ~2.6e-2 here)
             block = get_spec("bert").blocks(model)[0]
             block.output.dense.weight.mul_(100.0)
 

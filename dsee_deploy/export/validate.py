@@ -1,0 +1,72 @@
+"""Checking an ONNX engine against the PyTorch model: output names, then shapes, then values, on several
+batch and sequence shapes; every failure is collected and reported in one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ValidationError(Exception):
+    """The engine does not compute what the PyTorch model computes; the message is a table of failures."""
+
+
+SHAPES = ((1, 7), (2, 16), (4, 33))  # (batch, sequence): odd sizes, and other than anything traced
+
+
+def _inputs(session, vocab: int, batch: int, seq: int, rng: np.random.Generator) -> dict:
+    ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    mask[1:, seq - seq // 3 :] = 0  # right padding on all but the first row
+    feeds = {}
+    for spec in session.get_inputs():
+        if spec.name == "input_ids":
+            feeds[spec.name] = ids
+        elif spec.name == "attention_mask":
+            feeds[spec.name] = mask
+        elif spec.name == "token_type_ids":
+            feeds[spec.name] = np.zeros_like(ids)
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
+        else:
+            raise ValidationError(f"the engine asks for an input this validator does not know: {spec.name}")
+    return feeds
+
+
+def validate_onnx(model, path: Path, atol: float = 1e-4, expected_outputs=("logits",)) -> dict:
+    """Compare ONNX Runtime with `model` on SHAPES. Returns the per-shape results; raises ValidationError
+    listing every output, shape, max difference and tolerance that failed."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    failures: list[tuple[str, str, str, str]] = []
+    if list(names) != list(expected_outputs):
+        failures.append(("outputs", f"names {names}", f"expected {list(expected_outputs)}", "-"))
+    rng = np.random.default_rng(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    results = []
+    model.eval()
+    for batch, seq in SHAPES:
+        feeds = _inputs(session, vocab, batch, seq, rng)
+        got = dict(zip(names, session.run(None, feeds), strict=True))
+        with torch.no_grad():
+            ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        for name in expected_outputs:
+            if name not in got:
+                continue
+            want = getattr(ref, name).numpy()
+            shape = f"batch {batch}, seq {seq}"
+            if got[name].shape != want.shape:
+                failures.append((name, shape, f"shape {got[name].shape} != {want.shape}", "-"))
+                continue
+            diff = float(np.abs(got[name] - want).max())
+            results.append({"output": name, "batch": batch, "seq": seq, "max_abs_diff": diff, "atol": atol})
+            if not diff <= atol:
+                failures.append((name, shape, f"max |diff| {diff:.3e}", f"atol {atol:.0e}"))
+    if failures:
+        rows = [f"  {a:<10} {b:<20} {c:<32} {d}" for a, b, c, d in failures]
+        raise ValidationError("ONNX engine does not match PyTorch:\n" + "\n".join(rows))
+    return {"passed": True, "atol": atol, "checks": results}

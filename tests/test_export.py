@@ -1,0 +1,79 @@
+"""dsee-export on every architecture x {dense, unstructured, structured with an emptied layer}: the ONNX engine
+passes validation at 1e-4 and holds the pruned parameter count, not the dense one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_CONFIGS
+from test_checkpoint import make_checkpoint
+from test_pruning import LAYOUT, save_pruned
+
+import dsee_deploy.pruning.prune as prune_module
+from dsee_deploy import load_merged
+from dsee_deploy.cli.export import main as export
+from dsee_deploy.pruning import PruneConfig, prune_model
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("variant", ["dense", "unstructured", "structured"])
+def test_export_validates_and_holds_the_pruned_parameters(
+    model_type, variant, tiny_bases, tmp_path, capsys, monkeypatch
+):
+    model, tok = make_checkpoint(model_type, tiny_bases[model_type], tmp_path / "dense")
+    ckpt = tmp_path / "dense"
+    if variant == "structured":  # one layer keeps 2 of 4 heads and 16 of 48 neurons, the other nothing
+        layouts = iter([[e["kept_heads"] for e in LAYOUT], [e["kept_ffn"] for e in LAYOUT]])
+        monkeypatch.setattr(prune_module, "keep_structured", lambda *a, **k: next(layouts))
+        ckpt = save_pruned(
+            tmp_path, model, tok, *prune_model(model, PruneConfig(heads=0.5, ffn=0.5, importance="wabs"))
+        )
+    elif variant == "unstructured":
+        ckpt = save_pruned(
+            tmp_path, model, tok, *prune_model(model, PruneConfig(unstructured=0.5, importance="wabs"))
+        )
+    dense_params = sum(p.numel() for p in load_merged(tmp_path / "dense")[0].parameters())
+    torch_params = sum(p.numel() for p in load_merged(ckpt)[0].parameters())
+
+    code = export([str(ckpt), "--output", str(tmp_path / "engine")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
+    checks = manifest["validation"]["checks"]
+    assert (
+        manifest["validation"]["passed"]
+        and len(checks) == 3
+        and all(c["max_abs_diff"] <= 1e-4 for c in checks)
+    )
+    assert manifest["outputs"] == ["logits"] and manifest["inputs"][:2] == ["input_ids", "attention_mask"]
+    assert {"model.onnx", "config.json"} <= set(manifest["files"])
+    assert manifest["parameters"]["torch"] == torch_params
+    # The graph holds the merged model's parameters (the head's zero-initialised biases may be stored once, and a
+    # few scalar constants are added), so the pruned count, not the dense one.
+    assert abs(manifest["parameters"]["onnx"] - torch_params) <= 64
+    if variant == "structured":
+        assert manifest["parameters"]["onnx"] < 0.8 * dense_params
+        assert [layer["heads"] for layer in manifest["layers"]] == [2, 0]
+
+
+def test_export_refuses_bad_input_with_one_line(tiny_bases, tmp_path, capsys):
+    make_checkpoint("bert", tiny_bases["bert"], tmp_path / "ckpt")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine").write_text("x")
+    cases = [
+        ([str(tmp_path / "nowhere"), "--output", str(tmp_path / "e1")], "neither a dsee-tune checkpoint"),
+        (
+            [str(tmp_path / "ckpt"), "--output", str(tmp_path / "e2"), "--format", "coreml"],
+            "--format 'coreml'",
+        ),
+        ([str(tmp_path / "ckpt"), "--output", str(tmp_path / "taken")], "pass --overwrite"),
+    ]
+    for argv, expected in cases:
+        assert export(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    (tmp_path / "ckpt" / "adapter.safetensors").write_bytes(b"\x00" * 16)
+    assert export([str(tmp_path / "ckpt"), "--output", str(tmp_path / "e3")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "mine").read_text() == "x"
