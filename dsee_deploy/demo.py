@@ -5,7 +5,8 @@
 
 Runs dsee-tune, then prunes half of the attention heads and FFN neurons and re-tunes (distilling from the
 unpruned model), reports what was pruned, loads both checkpoints merged, checks merged against unmerged outputs,
-and classifies a few new sentences. Later stages (export, bench) join here as they land.
+classifies a few new sentences, and exports the pruned model to a validated ONNX engine. Later stages (bench)
+join here as they land.
 """
 
 from __future__ import annotations
@@ -131,7 +132,29 @@ def main(argv: list[str] | None = None) -> int:
         label = merged.config.id2label[int(row.argmax())]
         name = {"0": "negative", "1": "positive"}.get(label, label)
         print(f"  {name:>8} ({row.max():.2f})  {text}")
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/")
+
+    engine = Path(a.output) / "engine"
+    step("5. dsee-export: the pruned checkpoint as an ONNX Runtime engine, validated against PyTorch")
+    from .cli.export import main as export
+
+    print(f"$ dsee-export {pruned} --output {engine} --overwrite", flush=True)
+    code = export([str(pruned), "--output", str(engine), "--overwrite"])
+    if code:
+        return code
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(engine / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+    onnx_logits = session.run(None, feeds)[0]
+    same = int((onnx_logits.argmax(-1) == logits.argmax(-1).numpy()).sum())
+    print(
+        f"ONNX Runtime on the {len(NEW_SENTENCES)} sentences: same labels as PyTorch for {same}, max logit "
+        f"difference {np.abs(onnx_logits - logits.numpy()).max():.1e}"
+    )
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/, engine in {engine}/"
+    )
     return 0
 
 
