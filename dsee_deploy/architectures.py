@@ -45,6 +45,8 @@ class ArchSpec:
     attention_skip: str = ""
     skip_returns_context: bool = False
     default_targets: tuple[str, ...] = ("query", "value")
+    # ONNX Runtime's transformer optimizer family (onnxruntime.transformers.optimizer model_type)
+    ort_model_type: str = "bert"
 
     def site(self, target: str) -> Site:
         if target not in TARGETS:
@@ -161,3 +163,4 @@ class GPT2Spec(ArchSpec):
     ffn_in = "mlp.c_fc"
     ffn_out = "mlp.c_proj"
     attention = attention_skip = "attn"
+    ort_model_type = "gpt2"

@@ -12,6 +12,7 @@ from test_pruning import LAYOUT, save_pruned
 
 import dsee_deploy.pruning.prune as prune_module
 from dsee_deploy import load_merged
+from dsee_deploy.architectures import get_spec
 from dsee_deploy.cli.export import main as export
 from dsee_deploy.pruning import PruneConfig, prune_model
 
@@ -49,6 +50,16 @@ def test_export_validates_and_holds_the_pruned_parameters(
     assert manifest["outputs"] == ["logits"] and manifest["inputs"][:2] == ["input_ids", "attention_mask"]
     assert {"model.onnx", "config.json"} <= set(manifest["files"])
     assert manifest["parameters"]["torch"] == torch_params
+    optimization = manifest["optimization"]
+    layers_with_heads = 1 if variant == "structured" else 2
+    assert optimization["layers_with_heads"] == layers_with_heads
+    if (
+        get_spec(model_type).ort_model_type == "bert"
+    ):  # encoders: every layer with heads gets one fused Attention
+        assert optimization["fused"]["Attention"] == layers_with_heads
+        assert optimization["fused"]["SkipLayerNormalization"] == 4
+    else:  # GPT-2 without a KV cache: ONNX Runtime fuses the norms and GELU, not attention, and says so
+        assert "Attention" not in optimization["fused"] and "run unfused" in optimization["note"]
     # The graph holds the merged model's parameters (the head's zero-initialised biases may be stored once, and a
     # few scalar constants are added), so the pruned count, not the dense one.
     assert abs(manifest["parameters"]["onnx"] - torch_params) <= 64
