@@ -181,6 +181,13 @@ def sst_like(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def run_cli(fn, argv, capsys) -> tuple[int, str, str]:
+    """Run a CLI entry point in-process: (exit code, stdout, stderr)."""
+    code = fn([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def batch_for(tokenizer) -> dict:
     texts = ["the film was good", "a very long and dull movie but the music was great", "bad"]
     return dict(tokenizer(texts, padding=True, return_tensors="pt"))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 from test_cli_tune import FAST
 
 from dsee_deploy import load_dsee, load_merged
@@ -15,16 +16,10 @@ from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.pruning import save_masks
 
 
-def call(fn, argv, capsys) -> tuple[int, str, str]:
-    code = fn([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture
 def tuned(tiny_bases, sst_like, tmp_path, capsys):
     out = tmp_path / "tuned"
-    code, _, err = call(
+    code, _, err = run_cli(
         tune,
         [
             "--model",
@@ -45,7 +40,7 @@ def tuned(tiny_bases, sst_like, tmp_path, capsys):
 
 def test_tune_prune_retune_in_one_command_with_distillation(tiny_bases, sst_like, tmp_path, capsys):
     out = tmp_path / "s2"
-    code, _, err = call(
+    code, _, err = run_cli(
         tune,
         [
             "--model",
@@ -83,18 +78,18 @@ def test_tune_prune_retune_in_one_command_with_distillation(tiny_bases, sst_like
 
 def test_prune_then_resume_then_report(tuned, sst_like, tmp_path, capsys):
     pruned = tmp_path / "pruned"
-    code, out, err = call(
+    code, out, err = run_cli(
         prune, [tuned, "--prune-heads", "0.5", "--prune-ffn", "0.5", "--output", pruned], capsys
     )
     assert code == 0, err
     assert "encoder FLOPs at sequence length 128" in out and "dsee-tune --resume" in out
     # unstructured on top of structured is compatible; the masks file appears
     both = tmp_path / "both"
-    code, _, err = call(prune, [pruned, "--prune-unstructured", "0.3", "--output", both], capsys)
+    code, _, err = run_cli(prune, [pruned, "--prune-unstructured", "0.3", "--output", both], capsys)
     assert code == 0, err
     assert (both / MASKS_FILE).is_file()
     retuned = tmp_path / "retuned"
-    code, _, err = call(
+    code, _, err = run_cli(
         tune,
         [
             "--resume",
@@ -115,7 +110,7 @@ def test_prune_then_resume_then_report(tuned, sst_like, tmp_path, capsys):
         json.loads((retuned / PRUNING_FILE).read_text()),
     )
     assert after["layers"] == before["layers"]
-    code, out, _ = call(prune, [retuned, "--report"], capsys)
+    code, out, _ = run_cli(prune, [retuned, "--report"], capsys)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["layer", "heads", "FFN", "unstructured", "sparsity"]
@@ -136,15 +131,17 @@ def test_prune_then_resume_then_report(tuned, sst_like, tmp_path, capsys):
 def test_dsee_prune_bad_options(argv, expected, tuned, tmp_path, capsys):
     import re
 
-    code, _, err = call(prune, [tuned, *argv], capsys)
+    code, _, err = run_cli(prune, [tuned, *argv], capsys)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(expected, errors[0]), err
 
 
 def test_pruning_twice_the_same_way_fails_clearly(tuned, tmp_path, capsys):
-    assert call(prune, [tuned, "--prune-heads", "0.25", "--output", tmp_path / "p1"], capsys)[0] == 0
-    code, _, err = call(prune, [tmp_path / "p1", "--prune-ffn", "0.25", "--output", tmp_path / "p2"], capsys)
+    assert run_cli(prune, [tuned, "--prune-heads", "0.25", "--output", tmp_path / "p1"], capsys)[0] == 0
+    code, _, err = run_cli(
+        prune, [tmp_path / "p1", "--prune-ffn", "0.25", "--output", tmp_path / "p2"], capsys
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith(
         "error: this checkpoint's heads / FFN neurons"
     )
@@ -152,15 +149,15 @@ def test_pruning_twice_the_same_way_fails_clearly(tuned, tmp_path, capsys):
 
 
 def test_report_of_an_unpruned_checkpoint_says_what_to_do(tuned, capsys):
-    code, _, err = call(prune, [tuned, "--report"], capsys)
+    code, _, err = run_cli(prune, [tuned, "--report"], capsys)
     assert code == 2 and "is not pruned (no pruning.json): prune it with dsee-prune first" in err
 
 
 def test_a_mask_file_that_does_not_match_fails_on_resume(tuned, sst_like, tmp_path, capsys):
     pruned = tmp_path / "u"
-    assert call(prune, [tuned, "--prune-unstructured", "0.5", "--output", pruned], capsys)[0] == 0
+    assert run_cli(prune, [tuned, "--prune-unstructured", "0.5", "--output", pruned], capsys)[0] == 0
     save_masks({"layer.0.query": torch.ones(3, 3, dtype=torch.bool)}, pruned / MASKS_FILE)
-    code, _, err = call(
+    code, _, err = run_cli(
         tune, ["--resume", pruned, "--train", sst_like["train"], "--output", tmp_path / "r", *FAST], capsys
     )
     assert code == 2

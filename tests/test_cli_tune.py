@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sentences, write_tsv
+from conftest import run_cli, sentences, write_tsv
 
 from dsee_deploy import load_dsee, load_merged
 from dsee_deploy.cli.tune import main as tune
@@ -20,8 +20,8 @@ FAST = ["--max-steps", "4", "--batch-size", "8", "--max-length", "24"]
 
 
 def run(argv, capsys) -> tuple[int, str]:
-    code = tune([str(a) for a in argv])
-    return code, capsys.readouterr().err
+    code, _, err = run_cli(tune, argv, capsys)
+    return code, err
 
 
 def test_tune_writes_a_checkpoint_that_loads_merged(tiny_bases, sst_like, tmp_path, capsys):

@@ -177,6 +177,7 @@ def _manifest(src, model, kind, pruning, path: Path, validation, opset, seconds)
     from ..export import onnx_parameter_count
     from ..pruning import encoder_flops
 
+    graph = onnx.load(str(path), load_external_data=False).graph
     spec = get_spec(model.config.model_type)
     n_heads, hidden = spec.num_heads(model.config), spec.hidden_size(model.config)
     if pruning:
@@ -212,8 +213,8 @@ def _manifest(src, model, kind, pruning, path: Path, validation, opset, seconds)
         "architecture": model.config.model_type,
         "engine": "model.onnx",
         "opset": opset,
-        "inputs": [i.name for i in onnx.load(str(path)).graph.input],
-        "outputs": [o.name for o in onnx.load(str(path)).graph.output],
+        "inputs": [i.name for i in graph.input],
+        "outputs": [o.name for o in graph.output],
         "layers": layers,
         "parameters": {
             "torch": sum(p.numel() for p in model.parameters()),

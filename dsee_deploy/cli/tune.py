@@ -349,10 +349,12 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
             metrics.update(evaluate(prefix, ds))
     finish(work)
     model.eval()
+    metrics["total_wall_time_s"] = time.perf_counter() - started
     if args.full_finetune:
         model.save_pretrained(out)
         run.tokenizer.save_pretrained(out)
-    else:
+        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    else:  # save_checkpoint writes metrics.json with the rest
         data = {
             k: str(Path(v).resolve())
             for k, v in (("train", args.train), ("eval", args.eval))
@@ -370,8 +372,6 @@ def _train_prune_save(args, run: Run, opts, prune_config, started: float) -> int
             masks=run.masks,
             extra={"data": data},
         )
-    metrics["total_wall_time_s"] = time.perf_counter() - started
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     shown = [
         f"{split} {name} {metrics[f'{split}_{name}']:.4f}"
         for split in ("eval", "test")

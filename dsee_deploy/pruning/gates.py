@@ -11,15 +11,14 @@ import torch
 from torch import nn
 
 from ..architectures import ArchSpec, get_module, get_spec
+from ..tuning.layer import projection_shape
 
 
 def structure_sizes(model: nn.Module, spec: ArchSpec | None = None) -> tuple[int, int, int]:
     """(layers, heads per layer, FFN width) of a dense model."""
     spec = spec or get_spec(model.config.model_type)
     block = spec.blocks(model)[0]
-    ffn_in = get_module(block, spec.ffn_in)
-    base = getattr(ffn_in, "base_layer", ffn_in)
-    width = base.weight.shape[1] if base.__class__.__name__ == "Conv1D" else base.weight.shape[0]
+    width = projection_shape(get_module(block, spec.ffn_in))[0]
     return len(spec.blocks(model)), spec.num_heads(model.config), width
 
 

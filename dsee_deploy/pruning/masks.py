@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..architectures import ArchSpec, get_module
-from ..tuning.layer import DSEELayer
+from ..tuning.layer import DSEELayer, projection_shape
 from .importance import effective_weight
 from .select import magnitude_masks
 
@@ -25,8 +25,7 @@ def mask_sites(model: nn.Module, spec: ArchSpec, targets: tuple[str, ...]):
             base = module.base_layer if isinstance(module, DSEELayer) else module
             if not isinstance(base, (nn.Linear, Conv1D)):
                 continue  # an attention skipped after losing every head
-            out_f = base.weight.shape[1] if isinstance(base, Conv1D) else base.weight.shape[0]
-            rows = out_f // site.parts
+            rows = projection_shape(module)[0] // site.parts
             if rows == 0 or 0 in base.weight.shape:
                 continue  # nothing left to mask
             yield f"layer.{i}.{target}", module, slice(site.part * rows, (site.part + 1) * rows)

@@ -8,6 +8,7 @@ from torch import nn
 from ..architectures import ArchSpec, get_module, get_spec
 from ..errors import DSEEError
 from ..surgery import apply_structure
+from ..tuning.layer import projection_shape
 from .config import FORMAT_VERSION, PruneConfig
 from .gates import gated, gates_for, structure_sizes
 from .importance import structured_scores
@@ -160,9 +161,7 @@ def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads
         got = model(**probe).logits
     model.train(was_training)
     for i, (block, entry) in enumerate(zip(spec.blocks(model), layers, strict=True)):
-        ffn_in = get_module(block, spec.ffn_in)
-        ffn_in = getattr(ffn_in, "base_layer", ffn_in)
-        out_f = ffn_in.weight.shape[1] if ffn_in.__class__.__name__ == "Conv1D" else ffn_in.weight.shape[0]
+        out_f = projection_shape(get_module(block, spec.ffn_in))[0]
         if out_f != len(entry["kept_ffn"]):
             raise DSEEError(
                 f"surgery left layer {i} with {out_f} FFN neurons, not {len(entry['kept_ffn'])}: a bug"

@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D, prune_layer
 
 from ..architectures import ArchSpec, get_module, get_spec, set_module
-from ..tuning.layer import DSEELayer
+from ..tuning.layer import DSEELayer, projection_shape
 
 
 class AttentionSkip(nn.Module):
@@ -39,12 +39,6 @@ class AttentionSkip(nn.Module):
         if self.bias is None:
             return hidden_states[..., :0], None  # (B, T, 0): no heads, no context
         return self.bias.to(hidden_states.dtype).expand_as(hidden_states), None  # (B, T, hidden)
-
-
-def _out_in(module: nn.Module) -> tuple[int, int]:
-    base = module.base_layer if isinstance(module, DSEELayer) else module
-    w = base.weight
-    return (w.shape[1], w.shape[0]) if isinstance(base, Conv1D) else (w.shape[0], w.shape[1])
 
 
 def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> nn.Module:
@@ -117,7 +111,7 @@ def remove_heads(model: nn.Module, layer: int, heads: list[int], spec: ArchSpec 
         if path == spec.attn_out:
             side, kept = "in", index
         elif spec.packed_qkv:
-            block_rows = _out_in(layer_)[0] // 3  # rows of each of Q, K, V before pruning
+            block_rows = projection_shape(layer_)[0] // 3  # rows of each of Q, K, V before pruning
             side, kept = "out", torch.cat([index + i * block_rows for i in range(3)])
         else:
             side, kept = "out", index
@@ -148,7 +142,7 @@ def apply_structure(model: nn.Module, layers: list[dict], spec: ArchSpec | None 
     for i, entry in enumerate(layers):
         kept = set(entry["kept_heads"])
         remove_heads(model, i, [h for h in range(n_heads) if h not in kept], spec)
-        width = _out_in(get_module(spec.blocks(model)[i], spec.ffn_in))[0]
+        width = projection_shape(get_module(spec.blocks(model)[i], spec.ffn_in))[0]
         if len(entry["kept_ffn"]) < width:
             remove_ffn_neurons(model, i, torch.tensor(entry["kept_ffn"], dtype=torch.long), spec)
     return model

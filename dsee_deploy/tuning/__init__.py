@@ -1,7 +1,7 @@
 """DSEE tuning: the low-rank + sparse update (../shared/DSEE.md §1)."""
 
 from .config import DSEEConfig
-from .layer import DSEELayer, DSEEUpdate
+from .layer import DSEELayer, DSEEUpdate, projection_shape
 from .model import (
     count_parameters,
     dsee_layers,
@@ -23,6 +23,7 @@ __all__ = [
     "grebsmo_residual",
     "inject_dsee",
     "merge_dsee",
+    "projection_shape",
     "train_head",
     "unmerge_dsee",
     "unwrap_dsee",

@@ -16,6 +16,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 
+def projection_shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a Linear or Conv1D projection, DSEE-wrapped or not (Conv1D stores its weight as (in, out))."""
+    base = module.base_layer if isinstance(module, DSEELayer) else module
+    w = base.weight
+    return (w.shape[1], w.shape[0]) if isinstance(base, Conv1D) else (w.shape[0], w.shape[1])
+
+
 class DSEEUpdate(nn.Module):
     """Low-rank + sparse update for rows [row_start, row_start + out_features) of a base weight."""
 
