@@ -11,6 +11,7 @@ TASKS = {
     "classification": "text-classification",
     "regression": "text-classification",
     "causal-lm": "text-generation",
+    "feature-extraction": "feature-extraction",
 }
 
 
@@ -38,12 +39,17 @@ def export_onnx(model, tokenizer, kind: str, out: Path, opset: int = 17) -> Path
 
 
 def onnx_parameter_count(path: Path) -> int:
-    """Floating-point values held by the graph: initializers plus constant tensors."""
+    """Weights held by the graph: floating-point and int8 initializers plus constant tensors, not counting the
+    scales and zero points that the int8 quantizer adds."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    total = sum(numpy_helper.to_array(t).size for t in graph.initializer if t.data_type in _FLOATS)
+    total = sum(
+        numpy_helper.to_array(t).size
+        for t in graph.initializer
+        if t.data_type in _WEIGHTS and not t.name.endswith(("_scale", "_zero_point"))
+    )
     for node in graph.node:
         if node.op_type == "Constant":
             total += sum(
@@ -55,3 +61,4 @@ def onnx_parameter_count(path: Path) -> int:
 
 
 _FLOATS = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_WEIGHTS = _FLOATS | {2, 3}  # UINT8, INT8

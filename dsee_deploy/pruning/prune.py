@@ -7,6 +7,7 @@ from torch import nn
 
 from ..architectures import ArchSpec, get_module, get_spec
 from ..errors import DSEEError
+from ..flops import encoder_flops
 from ..surgery import apply_structure
 from ..tuning.layer import projection_shape
 from .config import FORMAT_VERSION, PruneConfig
@@ -14,18 +15,6 @@ from .gates import gated, gates_for, structure_sizes
 from .importance import structured_scores
 from .masks import apply_masks, choose_masks
 from .select import keep_structured, normalise_per_layer
-
-
-def encoder_flops(hidden: int, head_size: int, heads: list[int], ffn: list[int], seq_len: int) -> int:
-    """Analytic FLOPs (a multiply-add is 2) of the encoder blocks for one sequence of `seq_len` tokens."""
-    total = 0
-    for h, f in zip(heads, ffn, strict=True):
-        width = h * head_size
-        total += 3 * 2 * seq_len * hidden * width  # Q, K, V
-        total += 2 * 2 * seq_len * seq_len * width  # scores Q K^T and context P V
-        total += 2 * seq_len * width * hidden  # O
-        total += 2 * 2 * seq_len * hidden * f  # FFN in and out
-    return total
 
 
 def block_parameters(model: nn.Module, spec: ArchSpec) -> tuple[int, int]:
@@ -41,10 +30,16 @@ def block_parameters(model: nn.Module, spec: ArchSpec) -> tuple[int, int]:
 
 
 def prune_model(
-    model: nn.Module, config: PruneConfig, batches=None, previous: dict | None = None, seq_len: int = 128
+    model: nn.Module,
+    config: PruneConfig,
+    batches=None,
+    previous: dict | None = None,
+    seq_len: int = 128,
+    layout: list[dict] | None = None,
 ) -> tuple[dict, dict]:
     """Prune `model` in place (structured: physically; unstructured: fixed masks). Returns the pruning record
-    for pruning.json and the masks. `previous` is the record of a checkpoint that was pruned before."""
+    for pruning.json and the masks. `previous` is the record of a checkpoint that was pruned before; `layout`
+    ({"kept_heads", "kept_ffn"} per layer) replaces the importance ranking where the structure is given."""
     spec = get_spec(model.config.model_type)
     if previous:
         if config.structured and previous["structured"]:
@@ -67,7 +62,10 @@ def prune_model(
             {"kept_heads": list(range(n_heads)), "kept_ffn": list(range(width))} for _ in range(n_layers)
         ]
 
-    if config.structured:
+    if layout is not None:
+        layers = [{"kept_heads": list(e["kept_heads"]), "kept_ffn": list(e["kept_ffn"])} for e in layout]
+        shrink_checked(model, layers, spec, n_heads, width)
+    elif config.structured:
         importance = config.structured_importance()
         head_scores, ffn_scores = structured_scores(model, importance, batches, spec)
         if importance == "taylor" and config.scope == "global":

@@ -1,0 +1,88 @@
+"""dsee-export on the MiniLM SST-2 checkpoints of the tuning and pruning benchmarks, fp32 and int8, each with
+--validate-data on SST-2's test split: ONNX predictions against PyTorch's, and int8 accuracy against fp32.
+
+    python benchmarks/export/sst2_minilm.py [--runs runs] [--data ../shared/data/sst2/test.tsv]
+
+Expects the checkpoints that benchmarks/tuning/sst2_minilm.py and benchmarks/pruning/sst2_minilm.py write
+(runs/bench-tune/{dsee,full}, runs/bench-prune/{u50,s50}); writes sst2_minilm.{json,md} here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHECKPOINTS = {
+    "full fine-tuning (dense)": "bench-tune/full",
+    "DSEE, unpruned": "bench-tune/dsee",
+    "DSEE, 50 % unstructured (u50)": "bench-prune/u50",
+    "DSEE, 50 % heads + FFN (s50)": "bench-prune/s50",
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--data", default=str(HERE.parents[2] / "shared" / "data" / "sst2" / "test.tsv"))
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rel in CHECKPOINTS.items():
+            ckpt = Path(args.runs) / rel
+            for precision in ("fp32", "int8"):
+                out = Path(tmp) / f"{rel.replace('/', '-')}-{precision}"
+                cmd = ["dsee-export", str(ckpt), "--output", str(out), "--validate-data", args.data]
+                cmd += ["--quantize", "int8"] if precision == "int8" else []
+                print("$", " ".join(cmd), flush=True)
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                print(done.stdout, done.stderr[-2000:] if done.returncode else "", flush=True)
+                if done.returncode:
+                    return done.returncode
+                m = json.loads((out / "manifest.json").read_text())
+                results = m["validate_data"]["results"]
+                rows.append(
+                    {
+                        "checkpoint": name,
+                        "path": str(ckpt),
+                        "precision": precision,
+                        "command": " ".join(cmd[:2] + ["--output", "ENGINE"] + cmd[4:]),
+                        "pytorch_accuracy": results["pytorch"]["metric"],
+                        "engine_accuracy": results[f"onnx {precision}"]["metric"],
+                        "agreement_with_pytorch": results[f"onnx {precision}"]["agreement_with_pytorch"],
+                        "fp32_accuracy": results["onnx fp32"]["metric"],
+                        "drop_vs_fp32": m["validate_data"].get("drop", 0.0),
+                        "fused": m["optimization"]["fused"],
+                        "parameters": m["parameters"]["onnx"],
+                        "model_mb": (out / "model.onnx").stat().st_size / 1e6,
+                        "export_seconds": round(m["export_seconds"], 1),
+                    }
+                )
+    (HERE / "sst2_minilm.json").write_text(json.dumps({"data": args.data, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows)
+    (HERE / "sst2_minilm.md").write_text(table)
+    print(table)
+    return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| checkpoint | engine | accuracy | PyTorch | agreement with PyTorch | vs fp32 | parameters | model.onnx | export |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        delta = "" if r["precision"] == "fp32" else f"{-r['drop_vs_fp32']:+.2f} pt"
+        lines.append(
+            f"| {r['checkpoint']} | {r['precision']} | {r['engine_accuracy']:.2f} % | {r['pytorch_accuracy']:.2f} % "
+            f"| {r['agreement_with_pytorch']} | {delta} | {r['parameters']:,} "
+            f"| {r['model_mb']:.1f} MB | {r['export_seconds']} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
