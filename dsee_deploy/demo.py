@@ -5,8 +5,8 @@
 
 Runs dsee-tune, then prunes half of the attention heads and FFN neurons and re-tunes (distilling from the
 unpruned model), reports what was pruned, loads both checkpoints merged, checks merged against unmerged outputs,
-classifies a few new sentences, and exports the pruned model to a validated ONNX engine. Later stages (bench)
-join here as they land.
+classifies a few new sentences, exports the pruned model to a validated ONNX engine, and benchmarks the pruned
+engines (fp32, int8) against the dense one.
 """
 
 from __future__ import annotations
@@ -152,8 +152,33 @@ def main(argv: list[str] | None = None) -> int:
         f"ONNX Runtime on the {len(NEW_SENTENCES)} sentences: same labels as PyTorch for {same}, max logit "
         f"difference {np.abs(onnx_logits - logits.numpy()).max():.1e}"
     )
+    step("6. dsee-bench: the pruned engines against the dense (unpruned) one, fp32 and int8, on this machine")
+    engines = Path(a.output) / "engines"
+    exports = {
+        "dense": [str(out)],
+        "dense-int8": [str(out), "--quantize", "int8"],
+        "pruned-int8": [str(pruned), "--quantize", "int8"],
+    }
+    for name, args_ in exports.items():
+        print(f"$ dsee-export {' '.join(args_)} --output {engines / name} --overwrite", flush=True)
+        if code := export([*args_, "--output", str(engines / name), "--overwrite"]):
+            return code
+    from .cli.bench import main as bench
+
+    eval_data = str((Path(a.data) / "dev.tsv") if a.data else SAMPLES / "dev.tsv")
+    command = [
+        "--baseline", f"dense={engines / 'dense'}", "--baseline", f"dense-int8={engines / 'dense-int8'}",
+        "--engine", f"pruned={engine}", "--engine", f"pruned-int8={engines / 'pruned-int8'}",
+        "--batch-sizes", "1", "--seq-lens", "64", "--rounds", "5",
+        "--eval-data", eval_data, "--output", str(Path(a.output) / "bench"), "--overwrite",
+    ]  # fmt: skip
+    print("$ dsee-bench " + " ".join(command), flush=True)
+    if code := bench(command):
+        return code
     print(
-        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/, engine in {engine}/"
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/, engines in "
+        f"{engine}/ and {engines}/, benchmark in {Path(a.output) / 'bench'}/ (the full one: dsee-bench --suite "
+        f"benchmarks/suites/bert-base-geometry.toml)"
     )
     return 0
 

@@ -1,0 +1,181 @@
+"""One dsee-bench run: variants, interleaved timing at every (batch, sequence) shape, speed-ups against every
+baseline, FLOPs bounds, accuracy, and the results written as JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DSEEError
+from .timing import interleave, speedup
+from .variants import Variant, engine_variant, feeds_for, runner, source_of, torch_variant
+
+SIMD = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "neon", "asimd")
+
+
+@dataclass
+class BenchOptions:
+    engines: list[str]
+    baselines: list[str]
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    seq_lens: list[int] = field(default_factory=lambda: [32, 128])
+    threads: int = os.cpu_count() or 1
+    rounds: int = 20
+    warmup: int = 3
+    target_block_ms: float = 250
+    eval_data: str | None = None
+    torch_variants: bool = True
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.baselines:
+            raise DSEEError(
+                "dsee-bench needs a --baseline (the dense engine the DSEE engines are compared with)"
+            )
+        for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
+            if not values or min(values) < 1:
+                raise DSEEError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
+        if self.rounds < 3 or self.threads < 1:
+            raise DSEEError("--rounds must be at least 3 and --threads at least 1")
+
+
+def collect_variants(options: BenchOptions) -> list[Variant]:
+    variants = [engine_variant(b, True) for b in options.baselines]
+    variants += [engine_variant(e, False) for e in options.engines]
+    if options.torch_variants and importlib.util.find_spec("torch") is not None:
+        dense = source_of(variants[0])
+        if dense.is_dir():
+            variants.append(torch_variant(dense, variants[0], "pytorch eager", "pytorch eager (dense)"))
+        dsee = next(
+            (
+                src
+                for v in variants[len(options.baselines) :]
+                if (src := source_of(v)) and (src / "dsee_config.json").is_file()
+            ),
+            None,
+        )
+        if dsee is not None:
+            variants.append(
+                torch_variant(dsee, variants[0], "pytorch + DSEE branch", "pytorch + DSEE branch")
+            )
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise DSEEError(f"two variants are named alike ({', '.join(names)}): name them with NAME=PATH")
+    return variants
+
+
+def run(options: BenchOptions) -> dict:
+    from tqdm.auto import tqdm
+
+    variants = collect_variants(options)
+    primary = variants[0]
+    shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
+    results = {
+        "schema": "dsee-bench/1",
+        "title": options.title,
+        "machine": machine(),
+        "threads": options.threads,
+        "versions": versions(),
+        "method": {
+            "warmup": options.warmup,
+            "rounds": options.rounds,
+            "target_block_ms": options.target_block_ms,
+            "interleaved": True,
+            "spinning": False,
+            "speedup": "median over rounds of baseline best / variant best in the same round",
+        },
+        "primary_baseline": primary.name,
+        "variants": [{**v.to_dict(), "flops": {s: v.flops(s) for s in options.seq_lens}} for v in variants],
+        "timings": [],
+        "speedups": [],
+    }
+    with tqdm(total=len(shapes) * options.rounds, desc="timing", unit="round") as bar:
+        for batch, seq in shapes:
+            bar.set_postfix_str(f"batch {batch}, seq {seq}")
+            feeds = feeds_for(variants, batch, seq)
+            runners = {v.name: runner(v, feeds, options.threads) for v in variants}
+            timings = interleave(
+                runners, options.rounds, options.warmup, options.target_block_ms / 1000, progress=bar.update
+            )
+            for v in variants:
+                results["timings"].append(
+                    {"variant": v.name, "batch": batch, "seq": seq, **timings[v.name].summary(batch)}
+                )
+                for b in (b for b in variants if b.baseline and b is not v):
+                    up = speedup(timings[b.name], timings[v.name])
+                    bound = b.flops(seq) / v.flops(seq)
+                    results["speedups"].append(
+                        {
+                            "variant": v.name,
+                            "baseline": b.name,
+                            "batch": batch,
+                            "seq": seq,
+                            **up,
+                            "flops_bound": bound,
+                            "bound_achieved": up["median"] / bound,
+                        }
+                    )
+    if options.eval_data:
+        results["accuracy"] = accuracy(variants, options.eval_data)
+    return results
+
+
+def accuracy(variants: list[Variant], source: str) -> dict:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .accuracy import evaluate, load_eval_data
+
+    engine_dir = Path(variants[0].path).parent
+    pad = json.loads((engine_dir / "config.json").read_text()).get("pad_token_id") or 0
+    data: dict[int, dict] = {}
+    out = {}
+    for v in tqdm(variants, desc="accuracy", unit="variant"):
+        if v.max_length not in data:
+            data[v.max_length] = load_eval_data(source, engine_dir, v.max_length)
+        out[v.name] = {**evaluate(v, data[v.max_length], pad), "max_length": v.max_length}
+    return out
+
+
+def machine() -> dict:
+    flags: list[str] = []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        words = set(
+            next(line for line in text.splitlines() if line.startswith(("flags", "Features"))).split()
+        )
+        flags = [f for f in SIMD if f in words]
+    except (OSError, StopIteration):
+        pass
+    processor = platform.processor()
+    try:
+        processor = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "platform": platform.platform(),
+        "processor": processor,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": flags,
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    import numpy
+    import onnxruntime
+
+    out = {"onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        out["torch"] = torch.__version__
+    return out

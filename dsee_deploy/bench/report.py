@@ -1,0 +1,155 @@
+"""results.json (schema below), report.md and the plots of a dsee-bench run.
+
+results.json, "schema": "dsee-bench/1":
+  machine      platform, processor, cpu_count, cpu_flags (the SIMD ones that matter for int8), python
+  threads      intra-op threads of every variant;  versions: onnxruntime, numpy, torch (where installed)
+  method       warmup, rounds, target_block_ms, interleaved, spinning
+  variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
+  timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
+  speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
+  accuracy     {variant: {metric, value, examples}}   (with --eval-data)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    accuracy = results.get("accuracy", {})
+    primary = results["primary_baseline"]
+    lines = [
+        f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
+        "",
+        f"{results['machine']['processor'] or results['machine']['platform']}, {results['threads']} intra-op "
+        f"threads, {results['method']['rounds']} interleaved rounds, spinning off; speed-up = median over "
+        f"rounds of the per-round ratio of best times.",
+        "",
+        "## Variants",
+        "",
+        "| variant | runtime | precision | parameters | on disk | heads / layer | FFN / layer | accuracy |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | ---: |",
+    ]
+    for v in results["variants"]:
+        acc = accuracy.get(v["name"], {}).get("value")
+        lines.append(
+            f"| {v['name']} | {v['kind']} | {v['precision']} | {v['parameters'] / 1e6:.2f} M "
+            f"| {v['size_bytes'] / 1e6:.1f} MB | {_compact(v['heads'])} | {_compact(v['ffn'])} "
+            f"| {'' if acc is None else f'{acc:.2f} %'} |"
+        )
+    baselines = [v["name"] for v in results["variants"] if v["baseline"]]
+    for shape in sorted({(t["batch"], t["seq"]) for t in results["timings"]}):
+        batch, seq = shape
+        lines += [
+            "",
+            f"## Batch {batch}, sequence {seq}",
+            "",
+            "| variant | p50 ms | p90 ms | p99 ms | seq/s | "
+            + " | ".join(f"x vs {b}" for b in baselines)
+            + " | FLOPs bound | of bound (same precision) |",
+            "| --- | ---: | ---: | ---: | ---: | "
+            + " | ".join("---:" for _ in baselines)
+            + " | ---: | ---: |",
+        ]
+        for t in (t for t in results["timings"] if (t["batch"], t["seq"]) == shape):
+            ups = {
+                s["baseline"]: s
+                for s in results["speedups"]
+                if (s["variant"], s["batch"], s["seq"]) == (t["variant"], batch, seq)
+            }
+            cells = [
+                f"{ups[b]['median']:.2f} ({ups[b]['min']:.2f}-{ups[b]['max']:.2f})" if b in ups else ""
+                for b in baselines
+            ]
+            # The bound is reached against the dense engine of the same precision (int8 against int8).
+            precision = next(v["precision"] for v in results["variants"] if v["name"] == t["variant"])
+            same = next((b for b in baselines if b in ups and _precision(results, b) == precision), primary)
+            main = ups.get(same, {})
+            lines.append(
+                f"| {t['variant']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
+                f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {main.get('flops_bound', 1):.2f} "
+                f"| {main.get('bound_achieved', 1) * 100:.0f} % |"
+            )
+    lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
+    path.write_text("\n".join(lines))
+
+
+def _precision(results: dict, name: str) -> str:
+    return next(v["precision"] for v in results["variants"] if v["name"] == name)
+
+
+def _compact(values: list[int]) -> str:
+    return f"{values[0]} x {len(values)}" if len(set(values)) == 1 else ", ".join(map(str, values))
+
+
+def write_plots(results: dict, out: Path) -> list[str]:
+    """latency.png (p50 against batch size), speedup_vs_flops.png, accuracy_vs_speedup.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    seqs = sorted({t["seq"] for t in results["timings"]})
+    fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4), squeeze=False)
+    for ax, seq in zip(axes[0], seqs, strict=True):
+        for v in results["variants"]:
+            points = sorted(
+                (t["batch"], t["p50_ms"])
+                for t in results["timings"]
+                if t["variant"] == v["name"] and t["seq"] == seq
+            )
+            ax.plot(*zip(*points, strict=True), marker="o", label=v["name"])
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="batch size",
+            ylabel="p50 latency (ms)",
+            title=f"sequence {seq}",
+        )
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=120)
+    written.append("latency.png")
+
+    primary = results["primary_baseline"]
+    ups = [s for s in results["speedups"] if s["baseline"] == primary]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name in dict.fromkeys(s["variant"] for s in ups):
+        pts = [(s["flops_bound"], s["median"]) for s in ups if s["variant"] == name]
+        ax.scatter(*zip(*pts, strict=True), label=name)
+    top = max([s["median"] for s in ups] + [s["flops_bound"] for s in ups] + [1.0]) * 1.1
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="= FLOPs bound")
+    ax.set(
+        xlabel=f"FLOPs bound (vs {primary})", ylabel=f"speed-up (vs {primary})", xlim=(0, top), ylim=(0, top)
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "speedup_vs_flops.png", dpi=120)
+    written.append("speedup_vs_flops.png")
+
+    accuracy = results.get("accuracy", {})
+    if any(a.get("value") is not None for a in accuracy.values()):
+        shape = max((s["batch"], s["seq"]) for s in ups if s["batch"] == min(x["batch"] for x in ups))
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name, acc in accuracy.items():
+            if acc.get("value") is None:
+                continue
+            up = next(
+                (s["median"] for s in ups if s["variant"] == name and (s["batch"], s["seq"]) == shape), None
+            )
+            if up is not None:
+                ax.scatter(up, acc["value"])
+                ax.annotate(name, (up, acc["value"]), fontsize=7)
+        ax.set(xlabel=f"speed-up vs {primary} (batch {shape[0]}, seq {shape[1]})", ylabel="accuracy (%)")
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_speedup.png", dpi=120)
+        written.append("accuracy_vs_speedup.png")
+    plt.close("all")
+    return written
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,199 @@
+"""What dsee-bench times: ONNX Runtime engines (dsee-export output directories) and, beside them, the PyTorch
+models users ship today (eager on the dense model) and research code ships (DSEE update as a separate branch)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DSEEError
+from ..flops import encoder_flops
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str  # "onnxruntime", "pytorch eager", "pytorch + DSEE branch"
+    precision: str
+    path: str
+    baseline: bool
+    parameters: int
+    size_bytes: int
+    hidden: int
+    head_size: int
+    heads: list[int]
+    ffn: list[int]
+    inputs: list[str]
+    vocab: int
+    max_length: int
+    provider: str = "-"
+    labels: list[str] = field(default_factory=list)
+    task: str = "classification"
+
+    def flops(self, seq_len: int) -> int:
+        return encoder_flops(self.hidden, self.head_size, self.heads, self.ffn, seq_len)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def engine_variant(spec: str, baseline: bool) -> Variant:
+    """A dsee-export directory, given as PATH or NAME=PATH."""
+    name, _, path = spec.rpartition("=")
+    root = Path(path)
+    flag = "--baseline" if baseline else "--engine"
+    if not (root / "manifest.json").is_file():
+        raise DSEEError(f"{flag} '{path}' is not a dsee-export directory (no manifest.json): export it first")
+    manifest = json.loads((root / "manifest.json").read_text())
+    config = json.loads((root / "config.json").read_text())
+    if not manifest["engine"].endswith(".onnx"):
+        raise DSEEError(
+            f"{flag} '{path}' holds a {manifest['engine']} engine: dsee-bench times ONNX engines; pass the "
+            f"ONNX export of the same checkpoint"
+        )
+    engine = root / manifest["engine"]
+    heads = config.get("num_attention_heads") or config.get("n_head") or config.get("n_heads")
+    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("dim")
+    return Variant(
+        name=name or root.name,
+        kind="onnxruntime",
+        precision=manifest.get("precision", "fp32"),
+        path=str(engine),
+        baseline=baseline,
+        parameters=manifest["parameters"]["onnx"],
+        size_bytes=engine.stat().st_size,
+        hidden=hidden,
+        head_size=hidden // heads,
+        heads=[layer["heads"] for layer in manifest["layers"]],
+        ffn=[layer["ffn"] for layer in manifest["layers"]],
+        inputs=manifest["inputs"],
+        vocab=config["vocab_size"],
+        max_length=manifest.get("max_length", 128),
+        labels=[config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))],
+        task=manifest["task"],
+    )
+
+
+def source_of(variant: Variant) -> Path:
+    """The checkpoint or model directory an engine was exported from (recorded in its manifest)."""
+    manifest = json.loads((Path(variant.path).parent / "manifest.json").read_text())
+    return Path(manifest["source"])
+
+
+def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:
+    """PyTorch on `source`: 'pytorch eager' (a transformers directory or a merged checkpoint) or
+    'pytorch + DSEE branch' (a DSEE checkpoint, unmerged). Shapes, labels and inputs follow `like`."""
+    model = load_torch(source, kind)
+    spec_layers = None
+    pruning = source / "pruning.json"
+    if pruning.is_file() and kind != "pytorch eager":
+        spec_layers = json.loads(pruning.read_text())["layers"]
+    heads = (
+        [len(e["kept_heads"]) for e in spec_layers]
+        if spec_layers
+        else [like.hidden // like.head_size] * len(like.heads)
+    )
+    width = model.config.to_dict().get("intermediate_size") or 4 * like.hidden
+    ffn = [len(e["kept_ffn"]) for e in spec_layers] if spec_layers else [width] * len(like.heads)
+    return Variant(
+        name=name,
+        kind=kind,
+        precision="fp32",
+        path=str(source),
+        baseline=kind == "pytorch eager",
+        parameters=sum(p.numel() for p in model.parameters()),
+        size_bytes=sum(f.stat().st_size for f in source.glob("*.safetensors")),
+        hidden=like.hidden,
+        head_size=like.head_size,
+        heads=heads,
+        ffn=ffn,
+        inputs=[i for i in like.inputs if i in ("input_ids", "attention_mask", "token_type_ids")],
+        vocab=like.vocab,
+        max_length=like.max_length,
+        labels=like.labels,
+        task=like.task,
+    )
+
+
+_MODELS: dict[str, object] = {}
+
+
+def load_torch(source: Path, kind: str):
+    key = f"{kind}:{source}"
+    if key not in _MODELS:
+        if kind == "pytorch + DSEE branch":
+            from ..checkpoint import load_dsee
+
+            model = load_dsee(source)[0]
+        elif (source / "dsee_config.json").is_file():
+            from ..checkpoint import load_merged
+
+            model = load_merged(source)[0]
+        else:
+            from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+            archs = " ".join(AutoConfig.from_pretrained(source).architectures or [])
+            cls = AutoModelForSequenceClassification if "ForSequenceClassification" in archs else AutoModel
+            model = cls.from_pretrained(source, use_safetensors=True)
+        _MODELS[key] = model.eval()
+    return _MODELS[key]
+
+
+def runner(variant: Variant, feeds: dict[str, np.ndarray], threads: int) -> Callable[[], object]:
+    """A no-argument call that runs `variant` once on `feeds`."""
+    if variant.kind == "onnxruntime":
+        session = _session(variant.path, threads, variant.provider)
+        names = [i.name for i in session.get_inputs()]
+        inputs = {n: feeds[n] for n in names}
+        return lambda: session.run(None, inputs)
+    import torch
+
+    torch.set_num_threads(threads)
+    model = load_torch(Path(variant.path), variant.kind)
+    inputs = {n: torch.from_numpy(feeds[n]) for n in variant.inputs}
+
+    def run():
+        with torch.inference_mode():
+            return model(**inputs)
+
+    return run
+
+
+_SESSIONS: dict[tuple, object] = {}
+
+
+def _session(path: str, threads: int, provider: str):
+    """One session per engine, intra-op threads fixed, spinning off: a spinning pool of an idle session would
+    keep the cores busy while the next variant runs."""
+    import onnxruntime as ort
+
+    key = (path, threads, provider)
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = (
+            [provider, "CPUExecutionProvider"] if provider not in ("-", "CPUExecutionProvider") else None
+        )
+        _SESSIONS[key] = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
+    return _SESSIONS[key]
+
+
+def feeds_for(variants: list[Variant], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Token ids drawn from the vocabulary (all positions real, no padding), the same for every variant."""
+    rng = np.random.default_rng(seed)
+    vocab = min(v.vocab for v in variants)
+    ids = rng.integers(1000 if vocab > 2000 else 5, vocab, size=(batch, seq), dtype=np.int64)
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+        "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
+    }

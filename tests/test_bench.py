@@ -1,0 +1,137 @@
+"""dsee-bench on tiny engines: it runs, results.json holds its schema, and every speed-up is the median of the
+per-round ratios of the best times it recorded. No test asserts a timing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from test_export_targets import labelled, pruned_bert  # noqa: F401  (fixtures)
+
+from dsee_deploy.cli.bench import main as bench
+from dsee_deploy.cli.export import main as export
+from dsee_deploy.flops import encoder_flops
+
+
+@pytest.fixture
+def engines(pruned_bert, tmp_path, capsys):  # noqa: F811
+    """dense (the unpruned checkpoint), pruned, pruned-int8: real dsee-export directories."""
+    out = {}
+    for name, src, extra in (
+        ("dense", tmp_path / "dense", []),
+        ("pruned", pruned_bert, []),
+        ("pruned-int8", pruned_bert, ["--quantize", "int8"]),
+    ):
+        code, _, err = run_cli(export, [src, "--output", tmp_path / "engines" / name, *extra], capsys)
+        assert code == 0, err
+        out[name] = tmp_path / "engines" / name
+    return out
+
+
+def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "bench"
+    argv = [
+        "--baseline", f"dense={engines['dense']}", "--engine", f"pruned={engines['pruned']}",
+        "--engine", f"pruned-int8={engines['pruned-int8']}", "--batch-sizes", "1,2", "--seq-lens", "8",
+        "--rounds", "4", "--warmup", "1", "--threads", "1", "--eval-data", labelled, "--output", out,
+    ]  # fmt: skip
+    code, stdout, err = run_cli(bench, argv, capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "dsee-bench/1" and results["threads"] == 1
+    assert {"platform", "cpu_count", "cpu_flags"} <= set(results["machine"])
+    assert {"onnxruntime", "torch"} <= set(results["versions"])
+    assert results["method"]["spinning"] is False and results["method"]["rounds"] == 4
+    names = [v["name"] for v in results["variants"]]
+    # PyTorch eager on the dense source and PyTorch with the DSEE branch join by default.
+    assert names == ["dense", "pruned", "pruned-int8", "pytorch eager (dense)", "pytorch + DSEE branch"]
+    variants = {v["name"]: v for v in results["variants"]}
+    assert variants["pruned"]["heads"] == [2, 0] and variants["dense"]["heads"] == [4, 4]
+    assert variants["pruned-int8"]["size_bytes"] < variants["pruned"]["size_bytes"]
+    assert len(results["timings"]) == 5 * 2
+    timings = {(t["variant"], t["batch"]): t for t in results["timings"]}
+    for t in results["timings"]:
+        assert len(t["round_best_ms"]) == 4 and t["p50_ms"] <= t["p99_ms"]
+        assert t["throughput"] == pytest.approx(t["batch"] / t["p50_ms"] * 1000)
+    baselines = {v["name"] for v in results["variants"] if v["baseline"]}
+    assert baselines == {"dense", "pytorch eager (dense)"}
+    for s in results["speedups"]:
+        base = np.asarray(timings[(s["baseline"], s["batch"])]["round_best_ms"])
+        mine = np.asarray(timings[(s["variant"], s["batch"])]["round_best_ms"])
+        assert s["median"] == pytest.approx(float(np.median(base / mine)), rel=1e-3)
+        assert s["min"] <= s["median"] <= s["max"]
+    pruned = next(s for s in results["speedups"] if (s["variant"], s["baseline"]) == ("pruned", "dense"))
+    head = variants["dense"]["head_size"]
+    dense_flops = encoder_flops(variants["dense"]["hidden"], head, [4, 4], [48, 48], 8)
+    assert pruned["flops_bound"] == pytest.approx(dense_flops / encoder_flops(32, head, [2, 0], [16, 0], 8))
+    assert pruned["bound_achieved"] == pytest.approx(pruned["median"] / pruned["flops_bound"])
+    accuracy = results["accuracy"]
+    assert set(accuracy) == set(names) and all(a["examples"] == 64 for a in accuracy.values())
+    # Same weights, same tokens: the dense engine and PyTorch eager on its source agree exactly in accuracy.
+    assert accuracy["dense"]["value"] == accuracy["pytorch eager (dense)"]["value"]
+    assert accuracy["pruned"]["value"] == accuracy["pytorch + DSEE branch"]["value"]
+    report = (out / "report.md").read_text()
+    assert "## Batch 2, sequence 8" in report and "| pruned-int8 |" in report
+    assert {"latency.png", "speedup_vs_flops.png", "accuracy_vs_speedup.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    # Results are not overwritten without --overwrite.
+    code, _, err = run_cli(bench, argv, capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_suite_runs_its_steps_then_the_bench(pruned_bert, tmp_path, capsys):  # noqa: F811
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f"""
+title = "tiny"
+[vars]
+ckpt = "{pruned_bert}"
+dense = "{tmp_path / "dense"}"
+[[step]]
+run = "dsee-export"
+args = ["{{dense}}", "--output", "{{work}}/engines/dense"]
+creates = "{{work}}/engines/dense"
+[[step]]
+run = "dsee-export"
+args = ["{{ckpt}}", "--output", "{{work}}/engines/pruned"]
+creates = "{{work}}/engines/pruned"
+[bench]
+baselines = ["dense={{work}}/engines/dense"]
+engines = ["pruned={{work}}/engines/pruned"]
+batch_sizes = [1]
+seq_lens = [8]
+rounds = 3
+threads = 1
+torch_variants = false
+"""
+    )
+    out = tmp_path / "bench"
+    code, stdout, err = run_cli(bench, ["--suite", suite, "--output", out], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["title"] == "tiny" and [v["name"] for v in results["variants"]] == ["dense", "pruned"]
+    # A second run resumes: steps whose output exists are skipped.
+    code, stdout, err = run_cli(bench, ["--suite", suite, "--output", out, "--overwrite"], capsys)
+    assert code == 0 and stdout.count("exists, skipped") == 2
+
+
+def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
+    cases = [
+        (["--engine", engines["pruned"], "--output", tmp_path / "o"], "--baseline"),
+        (
+            ["--baseline", tmp_path / "nope", "--engine", engines["pruned"], "--output", tmp_path / "o"],
+            "no manifest.json",
+        ),
+        (["--suite", tmp_path / "none.toml", "--output", tmp_path / "o"], "does not exist"),
+        (
+            ["--baseline", engines["dense"], "--engine", engines["dense"], "--output", tmp_path / "o"],
+            "named alike",
+        ),
+    ]
+    for argv, expected in cases:
+        code, _, err = run_cli(bench, argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
