@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -121,7 +121,7 @@ def main() -> int:
         metrics = json.loads((out / "metrics.json").read_text())
         results[name] = {**results.get(name, {}), "command": " ".join(command), **metrics}
     results["machine"] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
