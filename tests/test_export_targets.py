@@ -69,6 +69,22 @@ def test_int8_quantizes_the_fused_graph_and_reports_the_metric(pruned_bert, labe
     assert "not judged by --atol" in stdout and "int8 drop" in stdout
 
 
+def test_skip_layernorm_fuses_on_request_and_the_unfused_form_survives_session_load(
+    pruned_bert, tmp_path, capsys
+):
+    fused, unfused = tmp_path / "fused", tmp_path / "unfused"
+    for out, extra in ((fused, ["--skip-layernorm", "fuse"]), (unfused, [])):
+        code, _, err = run_cli(export, [pruned_bert, "--output", out, *extra], capsys)
+        assert code == 0, err
+    assert _manifest(fused)["optimization"]["fused"]["SkipLayerNormalization"] == 4
+    # The session's own optimizer must not merge the unfused residual norms back into SkipLayerNormalization.
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(unfused / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "session.onnx")).graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 4
+
+
 def test_fp16_engine_runs_and_is_judged_by_agreement(pruned_bert, tmp_path, capsys):
     out = tmp_path / "fp16"
     code, _, err = run_cli(export, [pruned_bert, "--output", out, "--fp16"], capsys)

@@ -28,6 +28,7 @@ class BenchOptions:
     target_block_ms: float = 250
     eval_data: str | None = None
     torch_variants: bool = True
+    profile: bool = False
     title: str = ""
 
     def __post_init__(self) -> None:
@@ -118,6 +119,16 @@ def run(options: BenchOptions) -> dict:
                             "bound_achieved": up["median"] / bound,
                         }
                     )
+    if options.profile:
+        from .profile import profile
+
+        batch, seq = shapes[0]
+        feeds = feeds_for(variants, batch, seq)
+        results["profile"] = {
+            "batch": batch,
+            "seq": seq,
+            **{v.name: profile(v.path, feeds, options.threads) for v in variants if v.kind == "onnxruntime"},
+        }
     if options.eval_data:
         results["accuracy"] = accuracy(variants, options.eval_data)
     return results

@@ -39,6 +39,9 @@ def write_markdown(results: dict, path: Path) -> None:
             f"| {'' if acc is None else f'{acc:.2f} %'} |"
         )
     baselines = [v["name"] for v in results["variants"] if v["baseline"]]
+    engine_baselines = [
+        v["name"] for v in results["variants"] if v["baseline"] and v["kind"] == "onnxruntime"
+    ]
     for shape in sorted({(t["batch"], t["seq"]) for t in results["timings"]}):
         batch, seq = shape
         lines += [
@@ -63,15 +66,31 @@ def write_markdown(results: dict, path: Path) -> None:
                 for b in baselines
             ]
             # The bound is reached against the dense engine of the same precision (int8 against int8).
-            precision = next(v["precision"] for v in results["variants"] if v["name"] == t["variant"])
-            same = next((b for b in baselines if b in ups and _precision(results, b) == precision), primary)
-            main = ups.get(same, {})
+            me = next(v for v in results["variants"] if v["name"] == t["variant"])
+            same = next(
+                (b for b in engine_baselines if b in ups and _precision(results, b) == me["precision"]),
+                primary,
+            )
+            main = {} if me["baseline"] else ups.get(same, {})
+            bound = f"{main['flops_bound']:.2f} | {main['bound_achieved'] * 100:.0f} %" if main else " | "
             lines.append(
                 f"| {t['variant']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
-                f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {main.get('flops_bound', 1):.2f} "
-                f"| {main.get('bound_achieved', 1) * 100:.0f} % |"
+                f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {bound} |"
             )
     lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
+    if "profile" in results:
+        prof = results["profile"]
+        lines += [
+            f"## Where the time goes (ONNX Runtime profiler, batch {prof['batch']}, sequence {prof['seq']})",
+            "",
+            "| engine | kernel ms / run | top operators (ms, share) |",
+            "| --- | ---: | --- |",
+        ]
+        for name, p in prof.items():
+            if isinstance(p, dict):
+                top = ", ".join(f"{o['op']} {o['ms']:.2f} ({o['share'] * 100:.0f} %)" for o in p["ops"][:6])
+                lines.append(f"| {name} | {p['kernel_ms_per_run']:.2f} | {top} |")
+        lines.append("")
     path.write_text("\n".join(lines))
 
 

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Also time PyTorch eager on the dense model and PyTorch with the DSEE branch (default on).",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also profile each ONNX engine at the first shape with ONNX Runtime's profiler (time per op type).",
+    )
     return p
 
 
@@ -94,6 +99,7 @@ def bench(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "eval_data": args.eval_data,
         "torch_variants": args.torch,
+        "profile": args.profile or None,
     }
     settings.update({k: v for k, v in cli.items() if v is not None})
     unknown = set(settings) - set(BenchOptions.__dataclass_fields__)

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Apply ONNX Runtime's transformer fusions (not for --format tensorrt, which fuses on its own).",
     )
     p.add_argument(
+        "--skip-layernorm",
+        choices=("auto", "fuse", "unfuse"),
+        default="auto",
+        help="Residual Add + LayerNorm as ONNX Runtime's SkipLayerNormalization ('fuse') or apart ('unfuse', "
+        "faster on CPU, where that kernel is scalar); 'auto': fuse for --fp16 (GPU), unfuse otherwise.",
+    )
+    p.add_argument(
         "--no-validate", action="store_true", help="Skip the check against PyTorch (not recommended)."
     )
     p.add_argument("--base-model", help="Base model, where the checkpoint's recorded one moved.")
@@ -263,7 +270,8 @@ def _export(args, src: Path, loaded: dict, out: Path, shapes: dict) -> dict:
     manifest = _manifest(src, model, task, loaded["pruning"], path, args)
     manifest["optimization"] = {"applied": False}
     if args.optimize and args.format != "tensorrt":
-        manifest["optimization"] = _optimize(path, model, loaded["pruning"])
+        fuse = args.skip_layernorm == "fuse" or (args.skip_layernorm == "auto" and args.fp16)
+        manifest["optimization"] = _optimize(path, model, loaded["pruning"], fuse)
     manifest["validation"] = {"skipped": True}
     if not args.no_validate:
         manifest["validation"] = _validate(validate_onnx, model, path, args.atol, outputs, manifest)
@@ -358,13 +366,14 @@ def _evaluate(model, tokenizer, task, args, engines, manifest) -> dict:
     return report
 
 
-def _optimize(path: Path, model, pruning) -> dict:
+def _optimize(path: Path, model, pruning, fuse_skip_layernorm: bool) -> dict:
     """Fuse the graph and say whether Attention fused in every layer that still has heads."""
     from ..architectures import get_spec
     from ..export.optimize import optimize_for_cpu
 
     spec = get_spec(model.config.model_type)
-    fused = optimize_for_cpu(path, spec.ort_model_type)
+    fused = optimize_for_cpu(path, spec.ort_model_type, fuse_skip_layernorm)
+    guarded = fused.pop("ResidualLayerNormalization", 0)
     n_layers = len(spec.blocks(model))
     with_heads = sum(1 for e in pruning["layers"] if e["kept_heads"]) if pruning else n_layers
     attention = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
@@ -375,10 +384,16 @@ def _optimize(path: Path, model, pruning) -> dict:
             f"Attention fused in {attention} of the {with_heads} layers that keep heads: ONNX Runtime's "
             f"{spec.ort_model_type} fusion did not match the others' subgraph; they run unfused (correct, slower)"
         )
+    if guarded:
+        note += (
+            f"; {guarded} residual Add + LayerNormalization kept apart (ONNX Runtime's CPU SkipLayerNormalization "
+            f"kernel is slower; --skip-layernorm fuse for GPU)"
+        )
     return {
         "applied": True,
         "ort_model_type": spec.ort_model_type,
         "fused": fused,
+        "skip_layernorm": "fused" if fuse_skip_layernorm else f"unfused ({guarded} guarded)",
         "layers_with_heads": with_heads,
         "note": note,
     }
