@@ -11,9 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
-    "bert-base": "dsee-bench --suite benchmarks/suites/bert-base-geometry.toml --output benchmarks/results/bert-base",
+    "bert-base": "dsee-bench --suite benchmarks/suites/bert-base-geometry.toml --output benchmarks/results/bert-base "
+    "--work bench/bert-base/work --profile",
     "sst2-minilm": "dsee-bench --suite benchmarks/suites/sst2-minilm.toml --output benchmarks/results/sst2-minilm "
-    "--var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50",
+    "--work bench/sst2 --var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50",
 }
 START, END = "<!-- results:start (benchmarks/readme_results.py) -->", "<!-- results:end -->"
 

@@ -62,10 +62,29 @@ def collect_variants(options: BenchOptions) -> list[Variant]:
             variants.append(
                 torch_variant(dsee, variants[0], "pytorch + DSEE branch", "pytorch + DSEE branch")
             )
+    variants += gpu_variants(variants)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise DSEEError(f"two variants are named alike ({', '.join(names)}): name them with NAME=PATH")
     return variants
+
+
+def gpu_variants(variants: list[Variant]) -> list[Variant]:
+    """The ONNX engines again on CUDA and TensorRT where onnxruntime-gpu offers them (none on a CPU build)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    extra = []
+    for provider, tag in (("CUDAExecutionProvider", "cuda"), ("TensorrtExecutionProvider", "tensorrt")):
+        if provider in available:
+            extra += [
+                dataclasses.replace(v, name=f"{v.name} [{tag}]", provider=provider, baseline=False)
+                for v in variants
+                if v.kind == "onnxruntime" and v.precision != "int8"  # int8 kernels here are CPU-only
+            ]
+    return extra
 
 
 def run(options: BenchOptions) -> dict:

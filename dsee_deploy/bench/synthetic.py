@@ -50,6 +50,12 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
     torch.manual_seed(seed)
     config = BertConfig(**shape, num_labels=2, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
     dense = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        # Fresh weights have many identical tensors (zero biases, unit LayerNorm scales), which the exporter
+        # stores once and the int8 quantizer then treats as shared activations-side inputs; trained weights have
+        # none. Small noise makes every tensor distinct, so the graph is the one a trained model gets.
+        for p in dense.parameters():
+            p.add_(0.02 * torch.randn(p.shape))
     dense_dir = prepare_output_dir(out / "dense", overwrite=True)
     dense.save_pretrained(dense_dir)
     tokenizer = _tokenizer()

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", help="A suite file (benchmarks/suites/*.toml): make the engines, then bench them."
     )
     p.add_argument("--var", action="append", default=[], help="NAME=VALUE for a suite's {NAME}; repeat.")
+    p.add_argument("--work", help="Where a suite keeps its models and engines ({work}; default OUTPUT/work).")
     p.add_argument("--output", required=True, help="Directory for results.json, report.md and the plots.")
     p.add_argument("--overwrite", action="store_true", help="Replace earlier results in --output.")
     p.add_argument("--batch-sizes", type=_ints("--batch-sizes"), default=None, help="Default 1,8,32.")
@@ -83,7 +84,7 @@ def bench(argv: list[str] | None = None) -> int:
         from ..bench import suite as suites
 
         overrides = dict(_pair(v) for v in args.var)
-        spec = suites.load(args.suite, out / "work", overrides)
+        spec = suites.load(args.suite, Path(args.work) if args.work else out / "work", overrides)
         suites.run_steps(spec)
         settings = dict(spec["bench"])
         settings.setdefault("title", spec.get("title", ""))

@@ -1,0 +1,245 @@
+"""The HTTP app of dsee-serve: FastAPI around one Engine, with micro-batching, input limits and metrics.
+
+    POST /v1/predict  {"inputs": ["text", ["text", "text pair"], ...]}  -> {"predictions": [...]}
+    POST /v1/embed    {"inputs": [...]}  -> {"embeddings": [[...], ...]}  (feature-extraction engines)
+    GET  /v1/model    the engine's manifest, with how it is served
+    GET  /healthz     the process is up;  GET /readyz  the engine is warm and requests are taken
+    GET  /metrics     Prometheus: requests, errors, latency, batch sizes, queue depth
+
+Request bodies are parsed here rather than by pydantic, so that every bad request gets one status and one
+line saying what to change: malformed JSON 400, a wrong shape 422, too many or too long inputs 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import ClientDisconnect
+
+from ..errors import DSEEError
+from .batching import Draining, MicroBatcher
+from .engine import Engine
+from .options import ServeOptions
+
+log = logging.getLogger("dsee_deploy.serve")
+
+# The task each endpoint serves, and the key of its answer.
+ENDPOINTS = {"predict": "predictions", "embed": "embeddings"}
+# JSON can spell one character in up to 12 bytes (a surrogate pair as two \uXXXX escapes).
+_BYTES_PER_CHAR = 12
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_inputs(body: bytes, options: ServeOptions) -> list:
+    """The inputs of a request body, or a RequestError that says what to change."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f'the body is not valid JSON ({exc}): send {{"inputs": ["a text"]}}') from exc
+    if not isinstance(data, dict) or "inputs" not in data:
+        raise RequestError(
+            422, 'the body has no "inputs": send {"inputs": ["a text", ["a text", "its pair"]]}'
+        )
+    inputs = data["inputs"]
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError(422, '"inputs" must be a non-empty list of texts or [text, text pair] pairs')
+    if len(inputs) > options.max_inputs:
+        raise RequestError(
+            413,
+            f'"inputs" holds {len(inputs)} inputs, over the limit of {options.max_inputs}: split the request, '
+            f"or start dsee-serve with a larger --max-inputs",
+        )
+    items = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, list) and len(x) == 2 and all(isinstance(t, str) for t in x):
+            x = (x[0], x[1])
+        elif not isinstance(x, str):
+            raise RequestError(422, f"inputs[{i}] is not a text or a [text, text pair] pair of texts")
+        longest = max(map(len, x)) if isinstance(x, tuple) else len(x)
+        if longest > options.max_chars:
+            raise RequestError(
+                413,
+                f"inputs[{i}] has a text of {longest} characters, over the limit of {options.max_chars}: "
+                f"shorten it, or start dsee-serve with a larger --max-chars",
+            )
+        items.append(x)
+    return items
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own, so that several apps can live in one process."""
+
+    def __init__(self, batcher: MicroBatcher):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dsee_requests", "Requests answered, by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.errors = Counter(
+            "dsee_request_errors",
+            "Requests answered 4xx or 5xx, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dsee_request_latency_seconds",
+            "Time from reading a request to answering it.",
+            ["endpoint"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dsee_batch_size",
+            "Inputs per engine run.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "dsee_batch_seconds",
+            "Time of one engine run (tokenize, run, post-process).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+            registry=r,
+        )
+        Gauge("dsee_queue_depth", "Inputs waiting for a batch.", registry=r).set_function(
+            lambda: batcher.queue_depth
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+
+def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
+    """A FastAPI app serving `engine`: /v1/predict (or /v1/embed), /v1/model, /healthz, /readyz, /metrics."""
+    options = options or ServeOptions()
+    if engine.task not in ("classification", "regression", "feature-extraction"):
+        raise DSEEError(
+            f"engine '{engine.path}' is a {engine.task} engine: dsee-serve serves classification, regression "
+            f"and feature-extraction engines; text generation is not served by this version"
+        )
+    endpoint = "embed" if engine.task == "feature-extraction" else "predict"
+
+    def run(inputs: list) -> list:  # one batch, in the batcher's thread
+        if endpoint == "embed":
+            return engine.embed(inputs, batch_size=options.max_batch_size).tolist()
+        return engine.predict(inputs, batch_size=options.max_batch_size)
+
+    batcher = MicroBatcher(run, options.max_batch_size, options.max_wait_ms)
+    metrics = Metrics(batcher)
+    batcher.on_batch = metrics.observe_batch
+    state = {"ready": False}
+    # Bodies longer than this cannot pass the limits; refuse them before reading them.
+    max_body = options.max_inputs * (2 * options.max_chars * _BYTES_PER_CHAR + 16) + 1024
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        # The first ORT run allocates and plans; do it before /readyz says yes.
+        await asyncio.get_running_loop().run_in_executor(None, engine.run, ["warm up"])
+        state["ready"] = True
+        log.info("ready: %s on %s, POST /v1/%s", engine.path, engine.provider, endpoint)
+        yield
+        state["ready"] = False
+        await batcher.close()  # uvicorn has finished the requests in flight; answer whatever is queued
+
+    app = FastAPI(title="dsee-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+
+    async def serve(request: Request, route: str) -> Response:
+        started = time.perf_counter()
+        status, payload = 200, None
+        try:
+            if route != endpoint:
+                raise RequestError(404, _wrong_endpoint(engine, route, endpoint))
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_body:
+                raise RequestError(
+                    413,
+                    f"the body has {int(declared)} bytes, more than {options.max_inputs} inputs of "
+                    f"{options.max_chars} characters can take: split the request",
+                )
+            inputs = parse_inputs(await request.body(), options)
+            payload = {ENDPOINTS[route]: await batcher.submit(inputs)}
+        except RequestError as exc:
+            status, payload = exc.status, {"error": str(exc)}
+        except ClientDisconnect:  # nobody to answer; counted as nginx counts it
+            status, payload = 499, {"error": "the client closed the connection"}
+        except Draining:
+            status, payload = 503, {"error": "the server is shutting down: retry on another replica"}
+        except Exception as exc:  # an engine failure answers 500 and the server goes on
+            log.exception("engine failed on a request to /v1/%s", route)
+            status, payload = 500, {"error": f"the engine failed: {type(exc).__name__}: {exc}"}
+        metrics.observe_request(route, status, time.perf_counter() - started)
+        return Response(json.dumps(payload), status, media_type="application/json")
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Response:
+        return await serve(request, "predict")
+
+    @app.post("/v1/embed")
+    async def embed(request: Request) -> Response:
+        return await serve(request, "embed")
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        serving = {
+            "engine": str(engine.path),
+            "task": engine.task,
+            "endpoint": f"/v1/{endpoint}",
+            "provider": engine.provider,
+            "labels": engine.labels,
+            "max_length": engine.max_length,
+            **asdict(options),
+        }
+        return {**engine.manifest, "serving": serving}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = state["ready"] and batcher.running
+        return Response(json.dumps({"ready": ready}), 200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
+    if route == "embed":
+        return (
+            f"engine '{engine.path}' is a {engine.task} engine, so it has no embeddings: POST /v1/predict, or "
+            f"serve an engine exported with --task feature-extraction"
+        )
+    return f"engine '{engine.path}' is a feature-extraction engine, so it has no labels: POST /v1/embed"
