@@ -75,7 +75,7 @@ def markdown(rows: list[dict]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        delta = "" if r["precision"] == "fp32" else f"{-r['drop_vs_fp32']:+.2f} pt"
+        delta = "" if r["precision"] == "fp32" else f"{0.0 - r['drop_vs_fp32']:+.2f} pt"
         lines.append(
             f"| {r['checkpoint']} | {r['precision']} | {r['engine_accuracy']:.2f} % | {r['pytorch_accuracy']:.2f} % "
             f"| {r['agreement_with_pytorch']} | {delta} | {r['parameters']:,} "
