@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from .cli.prune import main as prune
 
     print(f"$ dsee-prune {pruned} --report", flush=True)
-    prune([str(pruned), "--report"])
+    if code := prune([str(pruned), "--report"]):
+        return code
 
     step(
         "3. load_merged: the update merged into the weights, a plain (and for the pruned one, smaller) model"

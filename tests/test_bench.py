@@ -118,6 +118,12 @@ torch_variants = false
     assert code == 0 and stdout.count("exists, skipped") == 2
 
 
+def _suite_without_engines(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[bench]\nbaselines = ["x"]\n')
+    return path
+
+
 def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
     cases = [
         (["--engine", engines["pruned"], "--output", tmp_path / "o"], "--baseline"),
@@ -127,6 +133,10 @@ def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
         ),
         (["--suite", tmp_path / "none.toml", "--output", tmp_path / "o"], "does not exist"),
         (
+            ["--suite", _suite_without_engines(tmp_path), "--output", tmp_path / "o"],
+            "needs baselines and engines",
+        ),
+        (
             ["--baseline", engines["dense"], "--engine", engines["dense"], "--output", tmp_path / "o"],
             "named alike",
         ),
@@ -135,3 +145,34 @@ def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
         code, _, err = run_cli(bench, argv, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
+
+
+def test_bench_takes_plain_model_exports_and_triton_entries(pruned_bert, tiny_bases, tmp_path, capsys):  # noqa: F811
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    plain = tmp_path / "plain"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bases["bert"], num_labels=2).save_pretrained(
+        plain
+    )
+    AutoTokenizer.from_pretrained(tiny_bases["bert"]).save_pretrained(plain)
+    for argv in (
+        [plain, "--output", tmp_path / "e" / "plain"],
+        [plain, "--output", tmp_path / "e" / "plain-int8", "--quantize", "int8"],
+        [pruned_bert, "--output", tmp_path / "repo", "--format", "triton", "--name", "sst"],
+    ):
+        code, _, err = run_cli(export, argv, capsys)
+        assert code == 0, err
+    common = ["--batch-sizes", "1", "--seq-lens", "8", "--rounds", "3", "--warmup", "1", "--threads", "1"]
+    # No engine comes from a DSEE checkpoint: PyTorch eager joins, the DSEE branch does not.
+    argv = ["--baseline", tmp_path / "e" / "plain", "--engine", tmp_path / "e" / "plain-int8", *common]
+    code, _, err = run_cli(bench, [*argv, "--output", tmp_path / "b1"], capsys)
+    assert code == 0, err
+    names = [v["name"] for v in json.loads((tmp_path / "b1" / "results.json").read_text())["variants"]]
+    assert names == ["plain", "plain-int8", "pytorch eager (dense)"]
+    # A Triton repository entry is an engine too (its graph is in 1/), and its source checkpoint is found.
+    argv = ["--baseline", tmp_path / "e" / "plain", "--engine", tmp_path / "repo" / "sst", *common]
+    code, _, err = run_cli(bench, [*argv, "--output", tmp_path / "b2"], capsys)
+    assert code == 0, err
+    variants = json.loads((tmp_path / "b2" / "results.json").read_text())["variants"]
+    assert [v["name"] for v in variants] == ["plain", "sst", "pytorch eager (dense)", "pytorch + DSEE branch"]
+    assert variants[3]["heads"] == [2, 0]

@@ -194,7 +194,7 @@ def test_tensorrt_plan_is_built_with_the_profile(pruned_bert, tmp_path, capsys):
     assert not manifest["optimization"]["applied"]  # TensorRT gets the standard-op graph and fuses it itself
 
 
-def test_export_bad_options_are_one_line(pruned_bert, tmp_path, capsys):
+def test_export_bad_options_are_one_line(pruned_bert, labelled, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     cases = [
@@ -203,12 +203,19 @@ def test_export_bad_options_are_one_line(pruned_bert, tmp_path, capsys):
         (["--output", tmp_path / "e", "--format", "tensorrt", "--max-shape", "big"], "--max-shape 'big'"),
         (["--output", tmp_path / "e", "--validate-data", tmp_path / "none.tsv"], "does not exist"),
         (["--output", tmp_path / "e", "--task", "ner"], "--task 'ner'"),
+        (["--output", pruned_bert / "engine", "--overwrite"], "inside the checkpoint"),
+        (["--output", pruned_bert, "--overwrite"], "inside the checkpoint"),
+        (
+            ["--output", tmp_path / "e", "--task", "feature-extraction", "--validate-data", labelled],
+            "this export is feature-extraction: drop it",
+        ),
     ]
     for argv, expected in cases:
         code, _, err = run_cli(export, [pruned_bert, *argv], capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
     assert blocker.read_text() == "mine" and not (tmp_path / "e").exists()
+    assert (pruned_bert / "dsee_config.json").is_file()  # --overwrite never reaches the checkpoint itself
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -18,8 +18,8 @@ SIMD = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16",
 
 @dataclass
 class BenchOptions:
-    engines: list[str]
-    baselines: list[str]
+    engines: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     seq_lens: list[int] = field(default_factory=lambda: [32, 128])
     threads: int = os.cpu_count() or 1
@@ -32,9 +32,10 @@ class BenchOptions:
     title: str = ""
 
     def __post_init__(self) -> None:
-        if not self.baselines:
+        if not self.baselines or not self.engines:
             raise DSEEError(
-                "dsee-bench needs a --baseline (the dense engine the DSEE engines are compared with)"
+                "dsee-bench needs --baseline (the dense engine to compare with) and --engine (the DSEE engines); "
+                "a suite's [bench] needs baselines and engines"
             )
         for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
             if not values or min(values) < 1:
@@ -47,20 +48,17 @@ def collect_variants(options: BenchOptions) -> list[Variant]:
     variants = [engine_variant(b, True) for b in options.baselines]
     variants += [engine_variant(e, False) for e in options.engines]
     if options.torch_variants and importlib.util.find_spec("torch") is not None:
+        engines = variants[len(options.baselines) :]
         dense = source_of(variants[0])
         if dense.is_dir():
             variants.append(torch_variant(dense, variants[0], "pytorch eager", "pytorch eager (dense)"))
-        dsee = next(
-            (
-                src
-                for v in variants[len(options.baselines) :]
-                if (src := source_of(v)) and (src / "dsee_config.json").is_file()
-            ),
-            None,
-        )
+        else:
+            print(f"dsee-bench: no PyTorch eager variant: the dense source '{dense}' is not here")
+        # The first engine exported from a DSEE checkpoint, run as research code runs it: update unmerged.
+        dsee = next((v for v in engines if (source_of(v) / "dsee_config.json").is_file()), None)
         if dsee is not None:
             variants.append(
-                torch_variant(dsee, variants[0], "pytorch + DSEE branch", "pytorch + DSEE branch")
+                torch_variant(source_of(dsee), dsee, "pytorch + DSEE branch", "pytorch + DSEE branch")
             )
     variants += gpu_variants(variants)
     names = [v.name for v in variants]
@@ -92,6 +90,11 @@ def run(options: BenchOptions) -> dict:
 
     variants = collect_variants(options)
     primary = variants[0]
+    eval_data = {}
+    if options.eval_data:  # read and checked before the timing, which takes minutes
+        from .accuracy import load_for
+
+        eval_data = load_for(variants, options.eval_data)
     shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
     results = {
         "schema": "dsee-bench/1",
@@ -146,29 +149,27 @@ def run(options: BenchOptions) -> dict:
         results["profile"] = {
             "batch": batch,
             "seq": seq,
-            **{v.name: profile(v.path, feeds, options.threads) for v in variants if v.kind == "onnxruntime"},
+            **{
+                v.name: profile(v.path, feeds, options.threads)
+                for v in variants
+                if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
+            },
         }
     if options.eval_data:
-        results["accuracy"] = accuracy(variants, options.eval_data)
+        results["accuracy"] = accuracy(variants, eval_data)
     return results
 
 
-def accuracy(variants: list[Variant], source: str) -> dict:
-    import json
-
+def accuracy(variants: list[Variant], data: dict) -> dict:
     from tqdm.auto import tqdm
 
-    from .accuracy import evaluate, load_eval_data
+    from .accuracy import evaluate
 
-    engine_dir = Path(variants[0].path).parent
-    pad = json.loads((engine_dir / "config.json").read_text()).get("pad_token_id") or 0
-    data: dict[int, dict] = {}
-    out = {}
-    for v in tqdm(variants, desc="accuracy", unit="variant"):
-        if v.max_length not in data:
-            data[v.max_length] = load_eval_data(source, engine_dir, v.max_length)
-        out[v.name] = {**evaluate(v, data[v.max_length], pad), "max_length": v.max_length}
-    return out
+    return {
+        v.name: evaluate(v, data[v.name])
+        for v in tqdm(variants, desc="accuracy", unit="variant")
+        if v.name in data
+    }
 
 
 def machine() -> dict:

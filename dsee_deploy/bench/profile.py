@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+WARMUP = 3
+
 
 def profile(path: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:
     """Milliseconds per run for each operator type (and their share), over `runs` runs after a warm-up."""
@@ -22,14 +24,13 @@ def profile(path: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 2
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
-        for _ in range(3):
+        for _ in range(WARMUP + runs):
             session.run(None, inputs)
         events = json.loads(Path(session.end_profiling()).read_text())
-        # A fresh profile for the timed runs only: the warm-up includes one-time costs.
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        for _ in range(runs):
-            session.run(None, inputs)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    # Only the timed runs: the warm-up includes one-time costs (allocations, first touches of the weights).
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    first = starts[WARMUP] if len(starts) > WARMUP else 0
+    events = [e for e in events if e.get("ts", 0) >= first]
     per_op: dict[str, float] = defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):

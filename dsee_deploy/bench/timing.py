@@ -1,5 +1,6 @@
-"""Interleaved timing. Every variant runs the same inputs; in each round every variant runs a short block and
-keeps its best time, the order rotating from round to round, so that machine noise hits all variants alike.
+"""Interleaved timing. Every variant runs the same inputs; in each round every variant runs a block of the same
+number of runs and keeps its best time, the order rotating from round to round, so that machine noise hits all
+variants alike.
 A speed-up is the median over rounds of the ratio of two variants' best times in the same round."""
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ class Timing:
         }
 
 
-def block_size(run: Callable[[], None], target_s: float) -> int:
-    """Runs per block so that a block lasts about `target_s` (at least 1)."""
-    started = time.perf_counter()
-    run()
-    once = time.perf_counter() - started
-    return max(1, min(50, int(target_s / max(once, 1e-6))))
+def block_size(runners: dict[str, Callable[[], None]], target_s: float) -> int:
+    """Runs per block, the same for every variant (a best of 17 against a best of 1 would favour the fast
+    ones): enough for the slowest variant's block to last about `target_s`, between 3 and 50."""
+    slowest = 0.0
+    for run in runners.values():
+        started = time.perf_counter()
+        run()
+        slowest = max(slowest, time.perf_counter() - started)
+    return max(3, min(50, round(target_s / max(slowest, 1e-6))))
 
 
 def interleave(
@@ -48,17 +52,16 @@ def interleave(
     progress: Callable[[], None] | None = None,
 ) -> dict[str, Timing]:
     """Time every runner `rounds` times, round-robin with a rotating order; returns each one's Timing."""
-    blocks = {}
-    for name, run in runners.items():
+    for run in runners.values():
         for _ in range(warmup):
             run()
-        blocks[name] = block_size(run, target_block_s)
+    runs = block_size(runners, target_block_s)
     names = list(runners)
     timings = {name: Timing() for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             run, times = runners[name], []
-            for _ in range(blocks[name]):
+            for _ in range(runs):
                 started = time.perf_counter()
                 run()
                 times.append(time.perf_counter() - started)

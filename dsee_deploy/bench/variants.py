@@ -19,7 +19,8 @@ class Variant:
     name: str
     kind: str  # "onnxruntime", "pytorch eager", "pytorch + DSEE branch"
     precision: str
-    path: str
+    path: str  # the ONNX graph, or the model / checkpoint directory for PyTorch
+    root: str  # the directory holding the tokenizer, config.json and labels (an export directory)
     baseline: bool
     parameters: int
     size_bytes: int
@@ -63,6 +64,7 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
         kind="onnxruntime",
         precision=manifest.get("precision", "fp32"),
         path=str(engine),
+        root=str(root),
         baseline=baseline,
         parameters=manifest["parameters"]["onnx"],
         size_bytes=engine.stat().st_size,
@@ -80,43 +82,49 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
 
 def source_of(variant: Variant) -> Path:
     """The checkpoint or model directory an engine was exported from (recorded in its manifest)."""
-    manifest = json.loads((Path(variant.path).parent / "manifest.json").read_text())
+    manifest = json.loads((Path(variant.root) / "manifest.json").read_text())
     return Path(manifest["source"])
 
 
 def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:
     """PyTorch on `source`: 'pytorch eager' (a transformers directory or a merged checkpoint) or
-    'pytorch + DSEE branch' (a DSEE checkpoint, unmerged). Shapes, labels and inputs follow `like`."""
+    'pytorch + DSEE branch' (a DSEE checkpoint, unmerged). Tokenizer, labels and inputs follow `like`, the
+    engine exported from `source`."""
     model = load_torch(source, kind)
-    spec_layers = None
-    pruning = source / "pruning.json"
-    if pruning.is_file() and kind != "pytorch eager":
-        spec_layers = json.loads(pruning.read_text())["layers"]
-    heads = (
-        [len(e["kept_heads"]) for e in spec_layers]
-        if spec_layers
-        else [like.hidden // like.head_size] * len(like.heads)
-    )
-    width = model.config.to_dict().get("intermediate_size") or 4 * like.hidden
-    ffn = [len(e["kept_ffn"]) for e in spec_layers] if spec_layers else [width] * len(like.heads)
+    layers = None
+    if (source / "pruning.json").is_file() and kind != "pytorch eager":
+        layers = json.loads((source / "pruning.json").read_text())["layers"]
     return Variant(
         name=name,
         kind=kind,
         precision="fp32",
         path=str(source),
+        root=like.root,
         baseline=kind == "pytorch eager",
         parameters=sum(p.numel() for p in model.parameters()),
-        size_bytes=sum(f.stat().st_size for f in source.glob("*.safetensors")),
+        size_bytes=_weights_size(source, kind),
         hidden=like.hidden,
         head_size=like.head_size,
-        heads=heads,
-        ffn=ffn,
+        heads=[len(e["kept_heads"]) for e in layers] if layers else list(like.heads),
+        ffn=[len(e["kept_ffn"]) for e in layers] if layers else list(like.ffn),
         inputs=[i for i in like.inputs if i in ("input_ids", "attention_mask", "token_type_ids")],
         vocab=like.vocab,
         max_length=like.max_length,
         labels=like.labels,
         task=like.task,
     )
+
+
+def _weights_size(source: Path, kind: str) -> int:
+    """Bytes of weights PyTorch loads: the model's safetensors, plus the base model's for a DSEE checkpoint."""
+    size = sum(f.stat().st_size for f in source.glob("*.safetensors"))
+    if (source / "dsee_config.json").is_file():
+        from ..models import resolve_model
+
+        base = json.loads((source / "dsee_config.json").read_text())["base_model"]["name_or_path"]
+        base_dir = Path(resolve_model(base))
+        size += sum(f.stat().st_size for f in base_dir.glob("*.safetensors")) if base_dir.is_dir() else 0
+    return size
 
 
 _MODELS: dict[str, object] = {}
@@ -134,10 +142,21 @@ def load_torch(source: Path, kind: str):
 
             model = load_merged(source)[0]
         else:
-            from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+            from transformers import (
+                AutoConfig,
+                AutoModel,
+                AutoModelForCausalLM,
+                AutoModelForSequenceClassification,
+            )
 
             archs = " ".join(AutoConfig.from_pretrained(source).architectures or [])
-            cls = AutoModelForSequenceClassification if "ForSequenceClassification" in archs else AutoModel
+            cls = (
+                AutoModelForSequenceClassification
+                if "ForSequenceClassification" in archs
+                else AutoModelForCausalLM
+                if "LMHead" in archs or "ForCausalLM" in archs
+                else AutoModel
+            )
             model = cls.from_pretrained(source, use_safetensors=True)
         _MODELS[key] = model.eval()
     return _MODELS[key]

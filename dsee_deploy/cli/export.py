@@ -127,10 +127,20 @@ def export(argv: list[str] | None = None) -> int:
         else Path(args.output)
     )
     check_output_dir(target, args.overwrite)
+    inside = target.resolve()
+    if inside == src.resolve() or src.resolve() in inside.parents or inside in src.resolve().parents:
+        raise DSEEError(
+            f"--output '{target}' is, holds or lies inside the checkpoint '{src}': export to another directory"
+        )
     if args.validate_data and not Path(args.validate_data).is_file():
         raise DSEEError(f"--validate-data file '{args.validate_data}' does not exist: check the path")
     started = time.perf_counter()
     loaded = _load(src, args)
+    kind = _kind(loaded["task"])
+    if args.validate_data and kind not in ("classification", "regression"):
+        raise DSEEError(
+            f"--validate-data measures classification and regression; this export is {kind}: drop it"
+        )
     out = prepare_output_dir(target, args.overwrite)
     try:
         manifest = _export(args, src, loaded, out, shapes)
@@ -241,6 +251,10 @@ def _load_plain(src: Path, task: str):
         ) from exc
     if kind in ("classification", "regression"):
         names = [config.id2label[i] for i in range(config.num_labels)] if kind == "classification" else []
+        if names == [
+            f"LABEL_{i}" for i in range(len(names))
+        ]:  # transformers' defaults: the data says 0, 1, ...
+            names = [str(i) for i in range(len(names))]
         task = Task(kind=kind, label_names=[str(n) for n in names])
     else:
         task = Task(kind="causal-lm") if kind == "causal-lm" else _FeatureTask()
@@ -313,11 +327,11 @@ def _export(args, src: Path, loaded: dict, out: Path, shapes: dict) -> dict:
     return manifest
 
 
-def _validate(validate_onnx, model, path, atol, outputs, manifest) -> dict:
+def _validate(validate_onnx, model, path, atol, outputs, manifest, agreement: bool = False) -> dict:
     from ..export import ValidationError
 
     try:
-        return validate_onnx(model, path, atol, outputs)
+        return validate_onnx(model, path, atol, outputs, agreement=agreement)
     except ValidationError as exc:
         manifest["validation"] = {"passed": False, "error": str(exc)}
         raise _Failed(str(exc), manifest) from exc
@@ -335,7 +349,7 @@ def _reduce(precision: str, fp32: Path, path: Path, model, outputs, args) -> dic
         convert_fp16(fp32, path)
     if not args.no_validate:
         result["validation_" + precision] = {
-            **validate_onnx(model, path, None, outputs, agreement=True),
+            **_validate(validate_onnx, model, path, None, outputs, result, agreement=True),
             "note": f"an {precision} engine is judged by prediction agreement and the task metric "
             f"(--validate-data), not by the fp32 atol; max |diff| is recorded for information",
         }
@@ -345,10 +359,6 @@ def _reduce(precision: str, fp32: Path, path: Path, model, outputs, args) -> dic
 def _evaluate(model, tokenizer, task, args, engines, manifest) -> dict:
     from ..export.evaluate import evaluate_engines
 
-    if isinstance(task, dict) or task.kind not in ("classification", "regression"):
-        raise DSEEError(
-            f"--validate-data measures classification and regression; this export is {_kind(task)}: drop it"
-        )
     report = evaluate_engines(model, tokenizer, task, args.validate_data, engines)
     names = list(engines)
     if len(names) > 1:
@@ -437,7 +447,7 @@ def _manifest(src, model, task, pruning, path: Path, args) -> dict:
         flops = {"seq_len": 128, "encoder_dense": dense, "encoder_pruned": dense, "encoder_ratio": 1.0}
     return {
         "format_version": 2,
-        "source": str(src),
+        "source": str(src.resolve()),
         "task": _kind(task),
         **({"pooling": task["pooling"], "normalize": task["normalize"]} if isinstance(task, dict) else {}),
         # The truncation length the model was tuned with: serving and benchmarks tokenize to it.
@@ -486,6 +496,10 @@ def _summary(manifest: dict, out: Path, args) -> None:
         f"({manifest['parameters']['torch']:,} in the PyTorch model); fp32 validation {checked}; "
         f"{manifest['export_seconds']:.1f} s"
     )
+    if manifest["engine"] == "model.plan":
+        print(
+            "the TensorRT plan itself was not run here: the ONNX graph it was built from is what was validated"
+        )
     reduced = manifest.get(f"validation_{manifest['precision']}")
     if reduced:
         agree = [c["argmax_agreement"] for c in reduced["checks"] if "argmax_agreement" in c]
