@@ -57,8 +57,11 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
             f"ONNX export of the same checkpoint"
         )
     engine = root / manifest["engine"]
+    # Manifests since format 2 record the geometry; older ones leave it to the config's own key names.
     heads = config.get("num_attention_heads") or config.get("n_head") or config.get("n_heads")
-    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("dim")
+    hidden = (
+        manifest.get("hidden_size") or config.get("hidden_size") or config.get("n_embd") or config.get("dim")
+    )
     return Variant(
         name=name or root.name,
         kind="onnxruntime",
@@ -69,7 +72,7 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
         parameters=manifest["parameters"]["onnx"],
         size_bytes=engine.stat().st_size,
         hidden=hidden,
-        head_size=hidden // heads,
+        head_size=manifest.get("head_size") or hidden // heads,
         heads=[layer["heads"] for layer in manifest["layers"]],
         ffn=[layer["ffn"] for layer in manifest["layers"]],
         inputs=manifest["inputs"],

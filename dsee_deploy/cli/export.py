@@ -439,9 +439,9 @@ def _manifest(src, model, task, pruning, path: Path, args) -> dict:
         ]
         flops = pruning["flops"]
     else:
-        raw = config.to_dict()
-        width = raw.get("intermediate_size") or raw.get("hidden_dim") or raw.get("n_inner") or 4 * hidden
-        n_layers = len(spec.blocks(model))
+        from ..pruning.gates import structure_sizes
+
+        n_layers, _, width = structure_sizes(model, spec)  # read from the modules, not from config keys
         layers = [{"heads": n_heads, "ffn": width, "sparsity": {}} for _ in range(n_layers)]
         dense = encoder_flops(hidden, hidden // n_heads, [n_heads] * n_layers, [width] * n_layers, 128)
         flops = {"seq_len": 128, "encoder_dense": dense, "encoder_pruned": dense, "encoder_ratio": 1.0}
@@ -456,6 +456,8 @@ def _manifest(src, model, task, pruning, path: Path, args) -> dict:
         "format": args.format,
         "engine": "model.onnx",
         "opset": args.opset,
+        "hidden_size": hidden,
+        "head_size": hidden // n_heads,
         "inputs": [i.name for i in graph.input],
         "outputs": [o.name for o in graph.output],
         "layers": layers,
