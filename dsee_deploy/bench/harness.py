@@ -3,6 +3,7 @@ baseline, FLOPs bounds, accuracy, and the results written as JSON, Markdown and 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -173,29 +174,17 @@ def accuracy(variants: list[Variant], data: dict) -> dict:
 
 
 def machine() -> dict:
-    flags: list[str] = []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        words = set(
-            next(line for line in text.splitlines() if line.startswith(("flags", "Features"))).split()
-        )
-        flags = [f for f in SIMD if f in words]
-    except (OSError, StopIteration):
-        pass
-    processor = platform.processor()
-    try:
-        processor = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    """The platform, the CPU's model name and its SIMD flags (from /proc/cpuinfo where there is one)."""
+    lines: list[str] = []
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((set(line.split()) for line in lines if line.startswith(("flags", "Features"))), set())
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
     return {
         "platform": platform.platform(),
-        "processor": processor,
+        "processor": model or platform.processor(),
         "cpu_count": os.cpu_count(),
-        "cpu_flags": flags,
+        "cpu_flags": [f for f in SIMD if f in flags],
         "python": platform.python_version(),
     }
 

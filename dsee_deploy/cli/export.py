@@ -204,7 +204,7 @@ def _load(src: Path, args) -> dict:
     else:
         model, tokenizer, task = _load_plain(src, args.task)
         pruning, base_dir = None, src
-    if args.task == "feature-extraction" or task.kind == "feature-extraction":
+    if args.task == "feature-extraction" or _kind(task) == "feature-extraction":
         pooling, normalize = pooling_of(base_dir)
         pooling = pooling if args.pooling == "auto" else args.pooling
         normalize = normalize if args.normalize is None else args.normalize
@@ -257,12 +257,9 @@ def _load_plain(src: Path, task: str):
             names = [str(i) for i in range(len(names))]
         task = Task(kind=kind, label_names=[str(n) for n in names])
     else:
-        task = Task(kind="causal-lm") if kind == "causal-lm" else _FeatureTask()
+        # Feature extraction is described by a dict ({"kind", "pooling", "normalize"}), which _load completes.
+        task = Task(kind="causal-lm") if kind == "causal-lm" else {"kind": "feature-extraction"}
     return model.eval(), load_tokenizer(str(src)), task
-
-
-class _FeatureTask:
-    kind = "feature-extraction"
 
 
 def _kind(task) -> str:
@@ -271,7 +268,7 @@ def _kind(task) -> str:
 
 def _export(args, src: Path, loaded: dict, out: Path, shapes: dict) -> dict:
     """Export, optimize, validate, reduce precision, evaluate, build: every stage writes into `manifest`."""
-    from ..export import export_onnx, validate_onnx
+    from ..export import export_onnx, onnx_parameter_count, validate_onnx
     from ..export.pooling import add_sentence_embedding
 
     model, tokenizer, task = loaded["model"], loaded["tokenizer"], loaded["task"]
@@ -302,7 +299,7 @@ def _export(args, src: Path, loaded: dict, out: Path, shapes: dict) -> dict:
         manifest["validate_data"] = _evaluate(model, tokenizer, task, args, engines, manifest)
     if precision != "fp32":
         engines["onnx fp32"].unlink()
-    manifest["parameters"]["onnx"] = _parameters(path)
+    manifest["parameters"]["onnx"] = onnx_parameter_count(path)
 
     if args.format == "tensorrt":
         from ..export.tensorrt import build_engine
@@ -407,12 +404,6 @@ def _optimize(path: Path, model, pruning, fuse_skip_layernorm: bool) -> dict:
         "layers_with_heads": with_heads,
         "note": note,
     }
-
-
-def _parameters(path: Path) -> int:
-    from ..export import onnx_parameter_count
-
-    return onnx_parameter_count(path)
 
 
 def _manifest(src, model, task, pruning, path: Path, args) -> dict:
