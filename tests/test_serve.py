@@ -295,6 +295,35 @@ def test_batcher_groups_concurrent_inputs_serves_a_lone_one_at_once_and_drains_o
     asyncio.run(scenario())
 
 
+def test_batcher_waits_for_answered_clients_after_a_run_longer_than_max_wait():
+    """Inputs that queued during a long run and have waited past max_wait still wait, once the engine is free,
+    for the clients it has just answered: one full batch, not the queued few and then the rest."""
+    sizes: list[int] = []
+
+    def slow(xs: list) -> list:
+        sizes.append(len(xs))
+        time.sleep(0.3)  # longer than max_wait
+        return xs
+
+    async def client(batcher: MicroBatcher, delay: float, again: bool) -> None:
+        await asyncio.sleep(delay)
+        await batcher.submit([0])
+        if again:
+            await asyncio.sleep(0.01)  # the answer travels back, the next request comes in
+            await batcher.submit([0])
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(slow, max_batch_size=8, max_wait_ms=100)
+        # 8 clients fill the first batch; 3 more arrive while it runs; 5 of the first 8 come back
+        await asyncio.gather(
+            *(client(batcher, 0, i < 5) for i in range(8)), *(client(batcher, 0.05, False) for _ in range(3))
+        )
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes == [8, 8]
+
+
 # --- the HTTP app in process -------------------------------------------------------------------------------
 
 

@@ -2,9 +2,10 @@
 
 One worker coroutine takes inputs from an asyncio queue and hands each batch to a single thread, where the
 engine runs (ORT releases the GIL, so the event loop keeps reading requests meanwhile). A batch closes when it
-holds `max_batch_size` inputs or its first input has waited `max_wait_ms` -- or earlier, when waiting cannot
-help: the batch already holds as many inputs as were in flight at the recent peak of traffic. So a lone client
-pays no wait, and 32 concurrent clients are gathered into batches of 32.
+holds `max_batch_size` inputs or `max_wait_ms` after the engine could have taken it (its first input's arrival,
+or the end of the previous batch if that came later) -- or earlier, when waiting cannot help: the batch already
+holds as many inputs as were in flight at the recent peak of traffic. So a lone client pays no wait, and 32
+concurrent clients are gathered into batches of 32.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class MicroBatcher:
         self._in_flight = 0  # inputs submitted and not yet answered
         self._peaks = [0, 0]  # peak in-flight inputs in the current and the previous window
         self._window_start = 0.0
+        self._idle_since = 0.0  # loop time at which the engine finished its last batch
 
     @property
     def queue_depth(self) -> int:
@@ -113,7 +115,12 @@ class MicroBatcher:
             if first is _STOP:
                 return
             batch = [first]
-            deadline = first.arrived + self.max_wait
+            # Waiting counts from when the engine could take the batch: inputs that queued while it was busy
+            # still wait up to max_wait for the clients just answered, who are sending their next requests.
+            # Counted from their arrival instead, such a batch would close at once with whatever had queued,
+            # and 32 clients would settle into two cohorts of 16 taking turns (measured: 1,100-1,575 against
+            # 1,400-1,750 requests/s on engines/sst2-s-int8).
+            deadline = max(first.arrived, self._idle_since) + self.max_wait
             while len(batch) < self.max_batch_size:
                 if self._queue.empty():
                     remaining = deadline - loop.time()
@@ -134,16 +141,17 @@ class MicroBatcher:
     async def _run(self, batch: list[_Item]) -> None:
         if not batch:
             return
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.fn, [item.value for item in batch]
-            )
+            results = await loop.run_in_executor(self._executor, self.fn, [item.value for item in batch])
         except Exception as exc:  # the requests in this batch answer 500; the worker goes on
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self._idle_since = loop.time()
         if self.on_batch:
             self.on_batch(len(batch), time.perf_counter() - started)
         for item, result in zip(batch, results, strict=True):

@@ -15,7 +15,9 @@ class ServeOptions:
     max_batch_size: int = field(default=32, metadata={"help": "Most inputs in one engine run."})
     max_wait_ms: float = field(
         default=5.0,
-        metadata={"help": "Longest an input waits for others to fill its batch (no wait for a lone client)."},
+        metadata={
+            "help": "Longest a batch waits for more inputs once the engine is free (no wait for a lone client)."
+        },
     )
     max_inputs: int = field(default=64, metadata={"help": "Most inputs in one request (413 above)."})
     max_chars: int = field(default=2000, metadata={"help": "Most characters in one text (413 above)."})
