@@ -35,7 +35,8 @@ def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tm
     argv = [
         "--baseline", f"dense={engines['dense']}", "--engine", f"pruned={engines['pruned']}",
         "--engine", f"pruned-int8={engines['pruned-int8']}", "--batch-sizes", "1,2", "--seq-lens", "8",
-        "--rounds", "4", "--warmup", "1", "--threads", "1", "--eval-data", labelled, "--output", out,
+        "--rounds", "4", "--warmup", "1", "--threads", "1", "--spin-us", "50", "--eval-data", labelled,
+        "--output", out,
     ]  # fmt: skip
     code, stdout, err = run_cli(bench, argv, capsys)
     assert code == 0, err
@@ -43,7 +44,8 @@ def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tm
     assert results["schema"] == "dsee-bench/1" and results["threads"] == 1
     assert {"platform", "cpu_count", "cpu_flags"} <= set(results["machine"])
     assert {"onnxruntime", "torch"} <= set(results["versions"])
-    assert results["method"]["spinning"] is False and results["method"]["rounds"] == 4
+    assert results["method"]["spin_us"] == 50 and results["method"]["rounds"] == 4
+    assert "ONNX Runtime threads spin at most 50 us" in (out / "report.md").read_text()
     names = [v["name"] for v in results["variants"]]
     # PyTorch eager on the dense source and PyTorch with the DSEE branch join by default.
     assert names == ["dense", "pruned", "pruned-int8", "pytorch eager (dense)", "pytorch + DSEE branch"]
@@ -139,6 +141,19 @@ def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
         (
             ["--baseline", engines["dense"], "--engine", engines["dense"], "--output", tmp_path / "o"],
             "named alike",
+        ),
+        (
+            [
+                "--baseline",
+                engines["dense"],
+                "--engine",
+                engines["pruned"],
+                "--spin-us",
+                "-1",
+                "--output",
+                tmp_path,
+            ],
+            "--spin-us 0 or more",
         ),
     ]
     for argv, expected in cases:

@@ -27,6 +27,10 @@ class BenchOptions:
     rounds: int = 20
     warmup: int = 3
     target_block_ms: float = 250
+    # ONNX Runtime's intra-op threads busy-wait at most this long for more work, as dsee-serve runs them: within
+    # a run they stay hot between operators; after a run they stop long before the next variant's block starts,
+    # so interleaved sessions do not take each other's cores (ORT's default spin does). 0: no spinning.
+    spin_us: int = 100
     eval_data: str | None = None
     torch_variants: bool = True
     profile: bool = False
@@ -41,8 +45,8 @@ class BenchOptions:
         for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
             if not values or min(values) < 1:
                 raise DSEEError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
-        if self.rounds < 3 or self.threads < 1:
-            raise DSEEError("--rounds must be at least 3 and --threads at least 1")
+        if self.rounds < 3 or self.threads < 1 or self.spin_us < 0:
+            raise DSEEError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
 
 
 def collect_variants(options: BenchOptions) -> list[Variant]:
@@ -108,7 +112,7 @@ def run(options: BenchOptions) -> dict:
             "rounds": options.rounds,
             "target_block_ms": options.target_block_ms,
             "interleaved": True,
-            "spinning": False,
+            "spin_us": options.spin_us,
             "speedup": "median over rounds of baseline best / variant best in the same round",
         },
         "primary_baseline": primary.name,
@@ -120,7 +124,7 @@ def run(options: BenchOptions) -> dict:
         for batch, seq in shapes:
             bar.set_postfix_str(f"batch {batch}, seq {seq}")
             feeds = feeds_for(variants, batch, seq)
-            runners = {v.name: runner(v, feeds, options.threads) for v in variants}
+            runners = {v.name: runner(v, feeds, options.threads, options.spin_us) for v in variants}
             timings = interleave(
                 runners, options.rounds, options.warmup, options.target_block_ms / 1000, progress=bar.update
             )
@@ -151,7 +155,7 @@ def run(options: BenchOptions) -> dict:
             "batch": batch,
             "seq": seq,
             **{
-                v.name: profile(v.path, feeds, options.threads)
+                v.name: profile(v.path, feeds, options.threads, options.spin_us)
                 for v in variants
                 if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
             },

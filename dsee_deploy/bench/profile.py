@@ -9,17 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .variants import set_spin
+
 WARMUP = 3
 
 
-def profile(path: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:
+def profile(path: str, feeds: dict[str, np.ndarray], threads: int, spin_us: int, runs: int = 20) -> dict:
     """Milliseconds per run for each operator type (and their share), over `runs` runs after a warm-up."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        set_spin(options, spin_us)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -3,7 +3,7 @@
 results.json, "schema": "dsee-bench/1":
   machine      platform, processor, cpu_count, cpu_flags (the SIMD ones that matter for int8), python
   threads      intra-op threads of every variant;  versions: onnxruntime, numpy, torch (where installed)
-  method       warmup, rounds, target_block_ms, interleaved, spinning
+  method       warmup, rounds, target_block_ms, interleaved, spin_us (ORT threads' busy-wait bound, 0: none)
   variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
@@ -16,6 +16,11 @@ import json
 from pathlib import Path
 
 
+def _spin(method: dict) -> str:
+    spin = method.get("spin_us", 0)  # results from before spin_us ran with spinning off
+    return f"ONNX Runtime threads spin at most {spin} us" if spin else "spinning off"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     accuracy = results.get("accuracy", {})
     primary = results["primary_baseline"]
@@ -23,8 +28,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
         "",
         f"{results['machine']['processor'] or results['machine']['platform']}, {results['threads']} intra-op "
-        f"threads, {results['method']['rounds']} interleaved rounds, spinning off; speed-up = median over "
-        f"rounds of the per-round ratio of best times.",
+        f"threads, {results['method']['rounds']} interleaved rounds, {_spin(results['method'])}; speed-up = "
+        f"median over rounds of the per-round ratio of best times.",
         "",
         "## Variants",
         "",

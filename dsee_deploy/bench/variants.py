@@ -165,10 +165,12 @@ def load_torch(source: Path, kind: str):
     return _MODELS[key]
 
 
-def runner(variant: Variant, feeds: dict[str, np.ndarray], threads: int) -> Callable[[], object]:
+def runner(
+    variant: Variant, feeds: dict[str, np.ndarray], threads: int, spin_us: int = 100
+) -> Callable[[], object]:
     """A no-argument call that runs `variant` once on `feeds`."""
     if variant.kind == "onnxruntime":
-        session = _session(variant.path, threads, variant.provider)
+        session = _session(variant.path, threads, variant.provider, spin_us)
         names = [i.name for i in session.get_inputs()]
         inputs = {n: feeds[n] for n in names}
         return lambda: session.run(None, inputs)
@@ -188,24 +190,32 @@ def runner(variant: Variant, feeds: dict[str, np.ndarray], threads: int) -> Call
 _SESSIONS: dict[tuple, object] = {}
 
 
-def _session(path: str, threads: int, provider: str):
-    """One session per engine, intra-op threads fixed, spinning off: a spinning pool of an idle session would
-    keep the cores busy while the next variant runs."""
+def _session(path: str, threads: int, provider: str, spin_us: int):
+    """One session per engine, intra-op threads fixed, spinning bounded (see BenchOptions.spin_us): with ORT's
+    default spin, the pool of a session that just ran keeps the cores busy while the next variant runs."""
     import onnxruntime as ort
 
-    key = (path, threads, provider)
+    key = (path, threads, provider, spin_us)
     if key not in _SESSIONS:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        set_spin(options, spin_us)
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = (
             [provider, "CPUExecutionProvider"] if provider not in ("-", "CPUExecutionProvider") else None
         )
         _SESSIONS[key] = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
     return _SESSIONS[key]
+
+
+def set_spin(options, spin_us: int) -> None:
+    """Idle intra-op threads of `options`' session busy-wait at most `spin_us` microseconds (0: never)."""
+    if spin_us == 0:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
 
 
 def feeds_for(variants: list[Variant], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ def _ints(flag: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsee-bench",
-        description="Time DSEE engines against dense baselines (interleaved, spinning off) and report speed-ups, "
+        description="Time DSEE engines against dense baselines (interleaved rounds) and report speed-ups, "
         "FLOPs bounds, size and accuracy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=None, help="Interleaved rounds per shape (default 20).")
     p.add_argument("--warmup", type=int, default=None, help="Warm-up runs per variant and shape (default 3).")
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=None,
+        help="How long idle ONNX Runtime threads busy-wait for work, in microseconds (default 100, as "
+        "dsee-serve; 0: never). ORT's own default spins on after a run and takes the next variant's cores.",
+    )
     p.add_argument("--eval-data", help="Labelled data (.tsv/.csv/.jsonl): accuracy of every variant.")
     p.add_argument(
         "--torch",
@@ -98,6 +105,7 @@ def bench(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "rounds": args.rounds,
         "warmup": args.warmup,
+        "spin_us": args.spin_us,
         "eval_data": args.eval_data,
         "torch_variants": args.torch,
         "profile": args.profile or None,
