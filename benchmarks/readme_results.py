@@ -9,12 +9,15 @@ import json
 import sys
 from pathlib import Path
 
+from dsee_deploy.bench.report import spin_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "bert-base": "dsee-bench --suite benchmarks/suites/bert-base-geometry.toml --output benchmarks/results/bert-base "
     "--work bench/bert-base/work --profile",
     "sst2-minilm": "dsee-bench --suite benchmarks/suites/sst2-minilm.toml --output benchmarks/results/sst2-minilm "
-    "--work bench/sst2 --var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50",
+    "--work bench/sst2 --var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50 "
+    "--profile",
 }
 START, END = "<!-- results:start (benchmarks/readme_results.py) -->", "<!-- results:end -->"
 
@@ -66,7 +69,8 @@ def main() -> int:
         blocks.append(
             f"**{results['title']}** — batch {batch}, sequence {seq}, {results['threads']} threads, "
             f"{results['machine']['processor']} ({results['machine']['cpu_count']} cores), "
-            f"{results['method']['rounds']} interleaved rounds; speed-up = median of per-round ratios "
+            f"{results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = median of "
+            f"per-round ratios "
             f"(min-max). Produced by:\n\n    {command}\n\n{table(results, batch, seq)}\n\n"
             f"All shapes, p90/p99 and throughput: [`benchmarks/results/{name}/report.md`]"
             f"(benchmarks/results/{name}/report.md)."

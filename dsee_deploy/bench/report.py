@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 
-def _spin(method: dict) -> str:
+def spin_text(method: dict) -> str:
+    """How the run's ONNX Runtime threads spun, in words."""
     spin = method.get("spin_us", 0)  # results from before spin_us ran with spinning off
     return f"ONNX Runtime threads spin at most {spin} us" if spin else "spinning off"
 
@@ -28,7 +29,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
         "",
         f"{results['machine']['processor'] or results['machine']['platform']}, {results['threads']} intra-op "
-        f"threads, {results['method']['rounds']} interleaved rounds, {_spin(results['method'])}; speed-up = "
+        f"threads, {results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = "
         f"median over rounds of the per-round ratio of best times.",
         "",
         "## Variants",
