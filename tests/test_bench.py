@@ -126,6 +126,15 @@ def _suite_without_engines(tmp_path):
     return path
 
 
+def test_bench_options_from_a_suite_are_type_checked():
+    from dsee_deploy.bench.harness import BenchOptions
+    from dsee_deploy.errors import DSEEError
+
+    for bad in ("100", 1.5, True):
+        with pytest.raises(DSEEError, match="--spin-us .* must be a whole number"):
+            BenchOptions(engines=["e"], baselines=["b"], spin_us=bad)
+
+
 def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
     cases = [
         (["--engine", engines["pruned"], "--output", tmp_path / "o"], "--baseline"),

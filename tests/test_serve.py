@@ -266,6 +266,21 @@ def test_engine_refuses_bad_input_with_one_line(engines, classifier, tmp_path):
     assert classifier.predict([]) == []
 
 
+def test_spin_is_bounded_or_off_never_onnxruntimes_unbounded_default(monkeypatch):
+    import onnxruntime as ort
+
+    import dsee_deploy.serve.engine as engine_module
+
+    options = ort.SessionOptions()
+    assert engine_module.set_spin(options, 100) == 100
+    assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "100"
+    # An onnxruntime that would ignore the bound: no spinning at all, and the caller is told so.
+    monkeypatch.setattr(engine_module, "BOUNDED_SPIN_SINCE", (99, 0))
+    options = ort.SessionOptions()
+    assert engine_module.set_spin(options, 100) == 0
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 # --- micro-batching ----------------------------------------------------------------------------------------
 
 
@@ -313,7 +328,7 @@ def test_batcher_waits_for_answered_clients_after_a_run_longer_than_max_wait():
             await batcher.submit([0])
 
     async def scenario() -> None:
-        batcher = MicroBatcher(slow, max_batch_size=8, max_wait_ms=100)
+        batcher = MicroBatcher(slow, max_batch_size=8, max_wait_ms=200)
         # 8 clients fill the first batch; 3 more arrive while it runs; 5 of the first 8 come back
         await asyncio.gather(
             *(client(batcher, 0, i < 5) for i in range(8)), *(client(batcher, 0.05, False) for _ in range(3))

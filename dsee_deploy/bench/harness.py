@@ -45,6 +45,11 @@ class BenchOptions:
         for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
             if not values or min(values) < 1:
                 raise DSEEError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
+        for name in ("threads", "rounds", "warmup", "spin_us"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                flag = "--" + name.replace("_", "-")
+                raise DSEEError(f"{flag} (a suite's {name}) must be a whole number, not {value!r}")
         if self.rounds < 3 or self.threads < 1 or self.spin_us < 0:
             raise DSEEError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
 
@@ -91,8 +96,13 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
 
 
 def run(options: BenchOptions) -> dict:
+    import onnxruntime as ort
     from tqdm.auto import tqdm
 
+    from ..serve.engine import set_spin
+
+    # The bound in force: 0 (no spinning) where this onnxruntime cannot bound it.
+    spin_us = set_spin(ort.SessionOptions(), options.spin_us)
     variants = collect_variants(options)
     primary = variants[0]
     eval_data = {}
@@ -112,7 +122,8 @@ def run(options: BenchOptions) -> dict:
             "rounds": options.rounds,
             "target_block_ms": options.target_block_ms,
             "interleaved": True,
-            "spin_us": options.spin_us,
+            "spin_us": spin_us,
+            "spinning": spin_us > 0,
             "speedup": "median over rounds of baseline best / variant best in the same round",
         },
         "primary_baseline": primary.name,
@@ -124,7 +135,7 @@ def run(options: BenchOptions) -> dict:
         for batch, seq in shapes:
             bar.set_postfix_str(f"batch {batch}, seq {seq}")
             feeds = feeds_for(variants, batch, seq)
-            runners = {v.name: runner(v, feeds, options.threads, options.spin_us) for v in variants}
+            runners = {v.name: runner(v, feeds, options.threads, spin_us) for v in variants}
             timings = interleave(
                 runners, options.rounds, options.warmup, options.target_block_ms / 1000, progress=bar.update
             )
@@ -155,7 +166,7 @@ def run(options: BenchOptions) -> dict:
             "batch": batch,
             "seq": seq,
             **{
-                v.name: profile(v.path, feeds, options.threads, options.spin_us)
+                v.name: profile(v.path, feeds, options.threads, spin_us)
                 for v in variants
                 if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
             },

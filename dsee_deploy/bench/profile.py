@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .variants import set_spin
+from ..serve.engine import set_spin
 
 WARMUP = 3
 

@@ -3,7 +3,8 @@
 results.json, "schema": "dsee-bench/1":
   machine      platform, processor, cpu_count, cpu_flags (the SIMD ones that matter for int8), python
   threads      intra-op threads of every variant;  versions: onnxruntime, numpy, torch (where installed)
-  method       warmup, rounds, target_block_ms, interleaved, spin_us (ORT threads' busy-wait bound, 0: none)
+  method       warmup, rounds, target_block_ms, interleaved, spinning, spin_us (the bound on ONNX Runtime's
+               threads' busy-wait in us, 0: none; results from before it have spinning: false only), speedup
   variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import DSEEError
 from ..flops import encoder_flops
+from ..serve.engine import set_spin
 
 
 @dataclass
@@ -166,7 +167,7 @@ def load_torch(source: Path, kind: str):
 
 
 def runner(
-    variant: Variant, feeds: dict[str, np.ndarray], threads: int, spin_us: int = 100
+    variant: Variant, feeds: dict[str, np.ndarray], threads: int, spin_us: int
 ) -> Callable[[], object]:
     """A no-argument call that runs `variant` once on `feeds`."""
     if variant.kind == "onnxruntime":
@@ -201,21 +202,13 @@ def _session(path: str, threads: int, provider: str, spin_us: int):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        set_spin(options, spin_us)
+        set_spin(options, spin_us)  # the harness has checked that this onnxruntime can bound it
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = (
             [provider, "CPUExecutionProvider"] if provider not in ("-", "CPUExecutionProvider") else None
         )
         _SESSIONS[key] = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
     return _SESSIONS[key]
-
-
-def set_spin(options, spin_us: int) -> None:
-    """Idle intra-op threads of `options`' session busy-wait at most `spin_us` microseconds (0: never)."""
-    if spin_us == 0:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    else:
-        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
 
 
 def feeds_for(variants: list[Variant], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -169,7 +169,8 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         state["ready"] = False
         await batcher.close()  # uvicorn has finished the requests in flight; answer whatever is queued
 
-    app = FastAPI(title="dsee-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No OpenAPI schema: the inference routes below are plain Starlette routes, which it would leave out.
+    app = FastAPI(title="dsee-serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
 
     async def serve(request: Request, route: str) -> Response:

@@ -135,10 +135,8 @@ class Engine:
         options.log_severity_level = 3  # ORT warns about node placement on every GPU load: noise to users
         if threads:
             options.intra_op_num_threads = threads
-        if spin_us == 0:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        elif spin_us is not None:
-            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
+        if spin_us is not None:
+            set_spin(options, spin_us)
         chosen = list(providers) if providers else _pick_providers(ort.get_available_providers())
         try:
             session = ort.InferenceSession(str(model), options, providers=[_with_options(p) for p in chosen])
@@ -239,6 +237,33 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({str(self.path)!r}, task={self.task!r}, provider={self.provider!r})"
+
+
+# session.intra_op.spin_duration_us came with onnxruntime PR #27916 (April 2026); this is the first release we
+# ran it on. Older releases accept the key without a word and spin as long as they always did.
+BOUNDED_SPIN_SINCE = (1, 31)
+
+
+def set_spin(options, spin_us: int) -> int:
+    """Let the intra-op threads of `options`' session busy-wait at most `spin_us` microseconds for work (0:
+    never). Returns the bound in force: 0 where this onnxruntime cannot bound the spin, whose unbounded default
+    would take the cores of whatever runs next, so its threads do not spin at all."""
+    import onnxruntime as ort
+
+    version = tuple(int(x) for x in ort.__version__.split(".")[:2] if x.isdigit())
+    if spin_us and version < BOUNDED_SPIN_SINCE:
+        log.warning(
+            "onnxruntime %s cannot bound its threads' spin (%d.%d can): they will not spin at all; "
+            "pip install -U onnxruntime for the bounded spin",
+            ort.__version__,
+            *BOUNDED_SPIN_SINCE,
+        )
+        spin_us = 0
+    if spin_us == 0:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
+    return spin_us
 
 
 def plan_buckets(
