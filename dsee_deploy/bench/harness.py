@@ -96,13 +96,11 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
 
 
 def run(options: BenchOptions) -> dict:
-    import onnxruntime as ort
     from tqdm.auto import tqdm
 
-    from ..serve.engine import set_spin
+    from ..serve.engine import spin_in_force
 
-    # The bound in force: 0 (no spinning) where this onnxruntime cannot bound it.
-    spin_us = set_spin(ort.SessionOptions(), options.spin_us)
+    spin_us = spin_in_force(options.spin_us)
     variants = collect_variants(options)
     primary = variants[0]
     eval_data = {}

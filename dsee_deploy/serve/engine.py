@@ -244,10 +244,9 @@ class Engine:
 BOUNDED_SPIN_SINCE = (1, 31)
 
 
-def set_spin(options, spin_us: int) -> int:
-    """Let the intra-op threads of `options`' session busy-wait at most `spin_us` microseconds for work (0:
-    never). Returns the bound in force: 0 where this onnxruntime cannot bound the spin, whose unbounded default
-    would take the cores of whatever runs next, so its threads do not spin at all."""
+def spin_in_force(spin_us: int) -> int:
+    """The spin bound this onnxruntime can honour for a requested `spin_us`: 0 (no spinning) where it cannot
+    bound the spin at all, since its unbounded default would take the cores of whatever runs next."""
     import onnxruntime as ort
 
     version = tuple(int(x) for x in ort.__version__.split(".")[:2] if x.isdigit())
@@ -258,7 +257,14 @@ def set_spin(options, spin_us: int) -> int:
             ort.__version__,
             *BOUNDED_SPIN_SINCE,
         )
-        spin_us = 0
+        return 0
+    return spin_us
+
+
+def set_spin(options, spin_us: int) -> int:
+    """Let the intra-op threads of `options`' session busy-wait at most `spin_us` microseconds for work (0:
+    never); returns the bound in force (see spin_in_force)."""
+    spin_us = spin_in_force(spin_us)
     if spin_us == 0:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     else:
