@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from dsee_deploy.bench.report import spin_text
+from dsee_deploy.bench.report import accuracy_of, spin_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
@@ -45,7 +45,7 @@ def table(results: dict, batch: int, seq: int) -> str:
 
     for v in variants:
         same = next((e["name"] for e in engines if e["precision"] == v["precision"]), None)
-        acc = accuracy.get(v["name"], {}).get("value")
+        acc = accuracy_of(accuracy.get(v["name"], {}))
         bound = ups.get((v["name"], engines[0]["name"]), {}).get("flops_bound")
         lines.append(
             f"| {v['name']} | {v['kind']} {v['precision']} | {v['parameters'] / 1e6:.1f} M "

@@ -1,11 +1,79 @@
 """dsee-deploy: DSEE tuning and pruning for transformers, turned into small, fast inference engines.
 
-`load_merged` and `load_dsee` need the `tune` extra (torch, transformers); importing the package does not.
+The pipeline is four verbs, each taking its inputs and a config dataclass and returning a typed result:
+
+    import dsee_deploy as dd
+    ckpt = dd.tune("train.tsv", "runs/sst2", eval="dev.tsv", dsee=dd.DSEEConfig(rank=16))   # CheckpointInfo
+    pruned = dd.prune("runs/sst2", dd.PruneConfig(heads=0.5, ffn=0.5), "runs/sst2-s")     # CheckpointInfo
+    manifest = dd.export("runs/sst2-s", "engines/sst2-s", dd.ExportConfig(quantize="int8"))  # Manifest
+    results = dd.bench(["engines/sst2-s"], ["engines/dense"], dd.BenchConfig(rounds=5))      # BenchResults
+
+`tune`, `prune`, `load_merged` and `load_dsee` need the `tune` extra (torch, transformers), `export` the
+`export` extra too; importing the package needs neither, and `bench` on engines needs only the core.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+# The verbs `export` and `bench` share their names with the packages that hold them (dsee_deploy.export,
+# dsee_deploy.bench). Importing a package binds it as an attribute of its parent; those two are imported
+# here, first (they are light: no torch), so that the functions defined below are what `dd.export` and
+# `dd.bench` name from then on. Their contents stay importable as `from dsee_deploy.export import ...`.
+from . import bench as _bench_package  # noqa: F401
+from . import export as _export_package  # noqa: F401
+from .bench.config import BenchConfig
+from .bench.run import BenchResults
+from .errors import DSEEError
+from .export.config import ExportConfig
+from .export.run import ExportFailed
+from .manifest import Manifest
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointInfo
+    from .pruning.config import PruneConfig
+    from .tuning.config import DSEEConfig
+    from .tuning.options import TuneConfig
+
 __version__ = "0.1.0"
+# The sample sentences shipped with the package (GLUE SST-2 layout: train.tsv, dev.tsv).
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def tune(train, output, **kwargs) -> CheckpointInfo:
+    """Tune a model with DSEE and save a checkpoint; see dsee_deploy.tuning.run.tune for the arguments."""
+    from .errors import require_extra
+
+    require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from .tuning.run import tune as _tune
+
+    return _tune(train, output, **kwargs)
+
+
+def prune(checkpoint, config: PruneConfig, output, **kwargs) -> CheckpointInfo:
+    """Prune a checkpoint into a new one; see dsee_deploy.pruning.run.prune for the arguments."""
+    from .errors import require_extra
+
+    require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from .pruning.run import prune as _prune
+
+    return _prune(checkpoint, config, output, **kwargs)
+
+
+def export(checkpoint, output, config: ExportConfig | None = None, **kwargs) -> Manifest:
+    """Export a checkpoint (or transformers model directory) to a validated engine; see
+    dsee_deploy.export.run.export for the arguments."""
+    from .export.run import export as _export
+
+    return _export(checkpoint, output, config, **kwargs)
+
+
+def bench(engines, baselines, config: BenchConfig | None = None, **kwargs) -> BenchResults:
+    """Time engines against dense baselines; see dsee_deploy.bench.run.bench for the arguments."""
+    from .bench.run import bench as _bench
+
+    return _bench(engines, baselines, config, **kwargs)
 
 
 def load_merged(checkpoint, base_model=None):
@@ -28,4 +96,41 @@ def load_dsee(checkpoint, base_model=None):
     return _load_dsee(checkpoint, base_model)
 
 
-__all__ = ["__version__", "load_dsee", "load_merged"]
+_LAZY = {
+    # The configs and results of the torch side, imported when first named (the 'tune' extra).
+    "DSEEConfig": ("tuning.config", "DSEEConfig"),
+    "TuneConfig": ("tuning.options", "TuneConfig"),
+    "PruneConfig": ("pruning.config", "PruneConfig"),
+    "CheckpointInfo": ("checkpoint", "CheckpointInfo"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'dsee_deploy' has no attribute {name!r}")
+
+
+__all__ = [
+    "SAMPLES",
+    "BenchConfig",
+    "BenchResults",
+    "CheckpointInfo",
+    "DSEEConfig",
+    "DSEEError",
+    "ExportConfig",
+    "ExportFailed",
+    "Manifest",
+    "PruneConfig",
+    "TuneConfig",
+    "__version__",
+    "bench",
+    "export",
+    "load_dsee",
+    "load_merged",
+    "prune",
+    "tune",
+]

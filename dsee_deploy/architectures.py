@@ -7,7 +7,10 @@ file tests `model_type`: adding an architecture means adding a spec here and a t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import DSEEError
 
@@ -47,6 +50,15 @@ class ArchSpec:
     default_targets: tuple[str, ...] = ("query", "value")
     # ONNX Runtime's transformer optimizer family (onnxruntime.transformers.optimizer model_type)
     ort_model_type: str = "bert"
+    # A decoder-only language model: pre-trained as a causal LM, and ONNX Runtime's fusions leave its attention
+    # (without a KV cache) unfused.
+    decoder: bool = False
+    # The graph inputs an exported engine may take; `feeds` builds every one of them.
+    onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    # config.json keys of the maximum positions, the head count and the hidden size.
+    positions_key: str = "max_position_embeddings"
+    heads_key: str = "num_attention_heads"
+    hidden_key: str = "hidden_size"
 
     def site(self, target: str) -> Site:
         if target not in TARGETS:
@@ -62,14 +74,34 @@ class ArchSpec:
         """The transformer blocks of `model` (any head class), in order."""
         return _get(model.base_model, self.layers)
 
-    @staticmethod
-    def num_heads(config) -> int:
-        # transformers' attribute_map makes num_attention_heads work for n_head / n_heads configs too.
-        return int(config.num_attention_heads)
+    def num_heads(self, config) -> int:
+        return int(_key(config, self.heads_key))
 
-    @staticmethod
-    def hidden_size(config) -> int:
-        return int(config.hidden_size)
+    def hidden_size(self, config) -> int:
+        return int(_key(config, self.hidden_key))
+
+    def max_positions(self, config) -> int:
+        return int(_key(config, self.positions_key))
+
+    def feeds(
+        self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The graph inputs `names` for padded token ids (batch, seq) and their attention mask, right or left
+        padded. Positions count real tokens only (the first real token is 0), so left padding gets the
+        positions it would have unpadded; padded positions get 0 and are masked anyway."""
+        unknown = [n for n in names if n not in self.onnx_inputs and n != "position_ids"]
+        if unknown:
+            raise DSEEError(
+                f"the graph takes input {unknown[0]!r}, which a {self.model_type} engine does not feed (it feeds "
+                f"{', '.join(self.onnx_inputs)}): export the model again with dsee-export"
+            )
+        tensors = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids) if type_ids is None else type_ids,
+            "position_ids": np.maximum(mask.cumsum(1) - 1, 0),
+        }
+        return {name: tensors[name] for name in names}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -89,6 +121,14 @@ def get_spec(model_type: str) -> ArchSpec:
             f"{', '.join(sorted(_REGISTRY))}; pass a model of one of them (or add a spec in "
             f"dsee_deploy/architectures.py)"
         ) from None
+
+
+def _key(config, key: str):
+    """A config value from a transformers config or a config.json dict."""
+    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+    if value is None:
+        raise DSEEError(f"the model config has no '{key}': is it a config of this architecture?")
+    return value
 
 
 def supported() -> list[str]:
@@ -151,6 +191,9 @@ class DistilBertSpec(ArchSpec):
     ffn_in = "ffn.lin1"
     ffn_out = "ffn.lin2"
     attention = attention_skip = "attention"
+    onnx_inputs = ("input_ids", "attention_mask")
+    heads_key = "n_heads"
+    hidden_key = "dim"
 
 
 @register
@@ -164,3 +207,8 @@ class GPT2Spec(ArchSpec):
     ffn_out = "mlp.c_proj"
     attention = attention_skip = "attn"
     ort_model_type = "gpt2"
+    decoder = True
+    onnx_inputs = ("input_ids", "attention_mask", "position_ids")
+    positions_key = "n_positions"
+    heads_key = "n_head"
+    hidden_key = "n_embd"

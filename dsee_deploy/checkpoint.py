@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .architectures import get_spec
@@ -24,6 +25,28 @@ METRICS_FILE = "metrics.json"
 PRUNING_FILE = "pruning.json"
 MASKS_FILE = "masks.safetensors"
 CHECKPOINT_FILES = (CONFIG_FILE, ADAPTER_FILE, "config.json")
+
+
+@dataclass
+class CheckpointInfo:
+    """What dsee_deploy.tune and dsee_deploy.prune return: the checkpoint written and what it holds."""
+
+    path: Path
+    task: Task
+    metrics: dict
+    dsee: DSEEConfig | None  # None for a full fine-tune (a plain transformers model)
+    pruning: dict | None
+    steps: int = 0
+    train_seconds: float = 0.0
+
+    def scores(self) -> dict[str, float]:
+        """The task's metrics on eval and test, e.g. {"eval_accuracy": 0.89, "test_f1": 0.87}."""
+        return {
+            f"{split}_{name}": self.metrics[f"{split}_{name}"]
+            for split in ("eval", "test")
+            for name in self.task.spec.metrics
+            if f"{split}_{name}" in self.metrics
+        }
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
@@ -127,7 +150,7 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
     ckpt = Path(checkpoint)
     info = read_checkpoint_info(ckpt)
     get_spec(info["architecture"])
-    task = Task(**info["task"])
+    task = Task.from_dict(info["task"])
     dsee = DSEEConfig.from_dict(info["dsee"])
     base_ref = base_model or info["base_model"]["name_or_path"]
     try:

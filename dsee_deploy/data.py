@@ -4,10 +4,11 @@ GLUE column names recognised, labels mapped to ids, tokenized for the task."""
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import DSEEError
+from .tasks import get_task
 
 # (text, pair) column names of GLUE-style files, tried in order; pairs first so that `question`/`sentence`
 # (QNLI) wins over a lone `sentence`.
@@ -21,7 +22,6 @@ TEXT_COLUMNS = [
     ("text", None),
 ]
 LABEL_COLUMNS = ["label", "labels", "Quality", "score"]
-TASKS = ("classification", "regression", "causal-lm")
 _READERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
 
@@ -35,17 +35,38 @@ class Task:
     label_column: str | None = None
     label_names: list[str] = field(default_factory=list)
     max_length: int = 128
+    # The metric that selected the checkpoint, and for F1 the label it is computed for (binary tasks): what
+    # dsee-export --validate-data, the int8/fp16 gate and dsee-bench report beside accuracy.
+    metric: str = ""
+    positive_label: str = ""
+    # Feature extraction: how token states become one sentence embedding.
+    pooling: str = "mean"
+    normalize: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got '{self.kind}'")
+        self.spec = get_task(self.kind)  # unknown kinds fail here
+        if self.spec.metrics:
+            self.metric = self.spec.check_metric(self.metric)
+        if not self.positive_label and len(self.label_names) == 2:
+            self.positive_label = self.label_names[1]
 
     @property
     def num_labels(self) -> int:
-        return 1 if self.kind == "regression" else len(self.label_names)
+        return len(self.label_names) if self.label_names else 1
+
+    @property
+    def positive(self) -> int:
+        """The index of the label binary F1 is computed for."""
+        return self.label_names.index(self.positive_label) if self.positive_label in self.label_names else 1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Task:
+        """A task record of any dsee-deploy version (fields added since default as they did then)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def read_table(source: str, flag: str, split: str = "train"):
@@ -129,22 +150,12 @@ def label_names_of(ds, label: str) -> list[str]:
 
 def encode(ds, tokenizer, task: Task, source: str):
     """Tokenize `ds` for `task` (labels as ids), dropping the raw columns."""
-    if task.kind == "causal-lm":
+    if task.spec.language_model:
         return _encode_lm(ds, tokenizer, task)
     index = {name: i for i, name in enumerate(task.label_names)}
 
     def to_label(value):
-        if task.kind == "regression":
-            return float(value)
-        key = (
-            str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-        )
-        if key not in index:
-            raise DSEEError(
-                f"'{source}' has label '{value}', which the training data does not have "
-                f"(labels: {', '.join(task.label_names)}): fix the file or train on data with that label"
-            )
-        return index[key]
+        return label_id(value, task, index, source)
 
     for col in (task.text_column, task.text_pair_column, task.label_column):
         if col is not None and col not in ds.column_names:
@@ -190,3 +201,39 @@ def _encode_lm(ds, tokenizer, task: Task):
             f"text is shorter than one block of {block} tokens: pass more text or a smaller --max-length"
         )
     return grouped
+
+
+def label_id(value, task: Task, index: dict[str, int], source: str, flag: str = ""):
+    """The id of a label value (its class index; the number itself for regression)."""
+    if task.spec.continuous_labels:
+        return float(value)
+    key = str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    if key not in index:
+        raise DSEEError(
+            f"{flag + ' ' if flag else ''}'{source}' has label '{value}', which the training data does not have "
+            f"(labels: {', '.join(task.label_names)}): fix the file, or pass data of the task the model was "
+            f"tuned on"
+        )
+    return index[key]
+
+
+def labelled_texts(ds, task: Task, source: str, flag: str) -> tuple[list, object]:
+    """(texts or (text, pair) tuples, label ids) of `ds` in the task's columns, or the GLUE names found in it
+    where the task records none (a plain transformers model)."""
+    import numpy as np
+
+    if task.text_column and task.text_column in ds.column_names:
+        text, pair, label = task.text_column, task.text_pair_column, task.label_column
+        for col in (pair, label):
+            if col is not None and col not in ds.column_names:
+                raise DSEEError(
+                    f"{flag} '{source}' has no column '{col}' (columns: {', '.join(ds.column_names)}): pass "
+                    f"data with the training data's columns"
+                )
+    else:
+        text, pair, label = resolve_columns(ds, source, None, None, None)
+    ds = ds.filter(lambda row: row[label] is not None and row[text] is not None)
+    texts = list(zip(ds[text], ds[pair], strict=True)) if pair else list(ds[text])
+    index = {name: i for i, name in enumerate(task.label_names)}
+    labels = np.asarray([label_id(v, task, index, source, flag) for v in ds[label]])
+    return texts, labels

@@ -3,21 +3,23 @@
     python -m dsee_deploy.demo                        # the sample sentences shipped with the package
     python -m dsee_deploy.demo --data ../shared/data/sst2   # any GLUE-style folder: train.tsv, dev.tsv[, test.tsv]
 
-Runs dsee-tune, then prunes half of the attention heads and FFN neurons and re-tunes (distilling from the
-unpruned model), reports what was pruned, loads both checkpoints merged, checks merged against unmerged outputs,
-classifies a few new sentences, exports the pruned model to a validated ONNX engine, and benchmarks the pruned
-engines (fp32, int8) against the dense one.
+Calls the library's verbs as a user's script would (dsee_deploy.tune, .export, .bench): tunes with DSEE, then
+prunes half of the attention heads and FFN neurons and re-tunes (distilling from the unpruned model), reports
+what was pruned, loads both checkpoints merged, checks merged against unmerged outputs, exports the pruned model
+to a validated ONNX engine, classifies a few new sentences with it, and benchmarks the pruned engines (fp32,
+int8) against the dense one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-SAMPLES = Path(__file__).parent / "samples"
+from . import SAMPLES
+
 NEW_SENTENCES = [
     "a gripping, beautifully acted story",
     "dull and far too long",
@@ -30,7 +32,28 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
+def shown(config) -> str:
+    """A config as it would be written: only the fields that differ from the defaults."""
+    changed = [
+        f"{f.name}={getattr(config, f.name)!r}"
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != type(config).__dataclass_fields__[f.name].default
+        and (f.default_factory is dataclasses.MISSING or getattr(config, f.name) != f.default_factory())
+    ]
+    return f"{type(config).__name__}({', '.join(changed)})"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .errors import DSEEError
+
+    try:
+        return demo(argv)
+    except DSEEError as exc:  # bad input, as the CLIs print it
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+
+
+def demo(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--data", help="A GLUE-style folder with train.tsv and dev.tsv (test.tsv is reported if present)."
@@ -40,83 +63,62 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
 
-    from .cli import run_cli
-    from .cli.tune import tune
+    import dsee_deploy as dd
 
-    out = Path(a.output) / "tune"
+    from .errors import DSEEError
+    from .export.summary import summarize
+
+    root = Path(a.output)
     if a.data:
         data = Path(a.data)
         if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
-            print(f"error: --data '{data}' needs train.tsv and dev.tsv (GLUE layout)", file=sys.stderr)
-            return 2
-        args = ["--train", str(data / "train.tsv"), "--eval", str(data / "dev.tsv")]
-        args += ["--max-train-samples", "4000", "--max-eval-samples", "1000", "--max-length", "64"]
+            raise DSEEError(f"--data '{data}' needs train.tsv and dev.tsv (GLUE layout)")
+        train, files = str(data / "train.tsv"), {"eval": str(data / "dev.tsv")}
         if (data / "test.tsv").is_file():
-            args += ["--test", str(data / "test.tsv")]
-        epochs = "1"
+            files["test"] = str(data / "test.tsv")
+        config = dd.TuneConfig(max_train_samples=4000, max_eval_samples=1000, max_length=64, epochs=1)
         source = f"{data} (first 4,000 training sentences, 1 epoch)"
     else:
-        args = ["--train", str(SAMPLES / "train.tsv"), "--eval", str(SAMPLES / "dev.tsv")]
-        args += ["--batch-size", "16", "--max-length", "32"]
-        epochs = "3"
+        train, files = str(SAMPLES / "train.tsv"), {"eval": str(SAMPLES / "dev.tsv")}
+        config = dd.TuneConfig(batch_size=16, max_length=32, epochs=3)
         source = "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
 
-    step(f"1. dsee-tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")
-    command = ["--output", str(out), "--overwrite", "--epochs", epochs, *args]
-    print("$ dsee-tune " + " ".join(command), flush=True)
+    step(f"1. dd.tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")
+    print(f">>> dd.tune({train!r}, {str(root / 'tune')!r}, eval=..., config={shown(config)})", flush=True)
     started = time.perf_counter()
-    code = run_cli(lambda: tune(command))
-    if code:
-        return code
-    metrics = json.loads((out / "metrics.json").read_text())
+    tuned = dd.tune(train, root / "tune", **files, config=config, dsee=dd.DSEEConfig(), overwrite=True)
+    m = tuned.metrics
     print(
-        f"trained {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
-        f"({metrics['trainable_percent']:.2f} %) in {metrics['train_wall_time_s']:.0f} s "
-        f"({metrics['train_step_time_s']:.2f} s/step); dev accuracy {100 * metrics['eval_accuracy']:.1f} %"
-        + (f"; test accuracy {100 * metrics['test_accuracy']:.1f} %" if "test_accuracy" in metrics else "")
+        f"trained {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters "
+        f"({m['trainable_percent']:.2f} %) in {m['train_wall_time_s']:.0f} s "
+        f"({m['train_step_time_s']:.2f} s/step); dev accuracy {100 * m['eval_accuracy']:.1f} %"
+        + (f"; test accuracy {100 * m['test_accuracy']:.1f} %" if "test_accuracy" in m else "")
     )
 
-    pruned = Path(a.output) / "pruned"
     step(
         "2. prune 50 % of the heads and 50 % of the FFN neurons (taylor scores, global), re-tune with distillation"
     )
-    command = [
-        "--resume",
-        str(out),
-        "--output",
-        str(pruned),
-        "--overwrite",
-        "--epochs",
-        "0",
-        "--prune-heads",
-        "0.5",
-        "--prune-ffn",
-        "0.5",
-        "--retune-epochs",
-        epochs,
-        "--distill",
-        *args,
-    ]
-    print("$ dsee-tune " + " ".join(command), flush=True)
-    code = run_cli(lambda: tune(command))
-    if code:
-        return code
-    from .cli.prune import main as prune
+    prune_config = dd.PruneConfig(heads=0.5, ffn=0.5)
+    retune = dataclasses.replace(config, epochs=0, retune_epochs=config.epochs, distill=True)
+    print(
+        f">>> dd.tune(..., resume={str(tuned.path)!r}, config={shown(retune)}, prune={shown(prune_config)})",
+        flush=True,
+    )
+    pruned = dd.tune(
+        train, root / "pruned", **files, resume=tuned.path, config=retune, prune=prune_config, overwrite=True
+    )
+    from .pruning.run import pruning_report
 
-    print(f"$ dsee-prune {pruned} --report", flush=True)
-    if code := prune([str(pruned), "--report"]):
-        return code
+    print(pruning_report(pruned.path))
 
     step(
         "3. load_merged: the update merged into the weights, a plain (and for the pruned one, smaller) model"
     )
     import torch
 
-    from . import load_dsee, load_merged
-
-    for name, ckpt in (("unpruned", out), ("pruned", pruned)):
-        merged, tokenizer = load_merged(ckpt)
-        unmerged, _, _ = load_dsee(ckpt)
+    for name, ckpt in (("unpruned", tuned.path), ("pruned", pruned.path)):
+        merged, tokenizer = dd.load_merged(ckpt)
+        unmerged, _, _ = dd.load_dsee(ckpt)
         batch = tokenizer(NEW_SENTENCES, padding=True, return_tensors="pt")
         with torch.no_grad():
             logits = merged(**batch).logits
@@ -127,59 +129,52 @@ def main(argv: list[str] | None = None) -> int:
             f"difference {diff:.2e}"
         )
 
-    step("4. the pruned model on sentences it never saw")
-    probs = logits.softmax(-1)
-    for text, row in zip(NEW_SENTENCES, probs, strict=True):
-        label = merged.config.id2label[int(row.argmax())]
-        name = {"0": "negative", "1": "positive"}.get(label, label)
-        print(f"  {name:>8} ({row.max():.2f})  {text}")
+    engine_dir = root / "engine"
+    step("4. dd.export: the pruned checkpoint as an ONNX Runtime engine, validated against PyTorch")
+    print(f">>> dd.export({str(pruned.path)!r}, {str(engine_dir)!r}, overwrite=True)", flush=True)
+    print(summarize(dd.export(pruned.path, engine_dir, overwrite=True), engine_dir))
 
-    engine = Path(a.output) / "engine"
-    step("5. dsee-export: the pruned checkpoint as an ONNX Runtime engine, validated against PyTorch")
-    from .cli.export import main as export
+    step("5. the engine (dsee_deploy.serve.Engine, what dsee-serve runs) on sentences it never saw")
+    from .serve import Engine
 
-    print(f"$ dsee-export {pruned} --output {engine} --overwrite", flush=True)
-    code = export([str(pruned), "--output", str(engine), "--overwrite"])
-    if code:
-        return code
-    import numpy as np
-    import onnxruntime as ort
+    engine = Engine.load(engine_dir)
+    same = 0
+    for text, answer, row in zip(NEW_SENTENCES, engine.predict(NEW_SENTENCES), logits, strict=True):
+        name = {"0": "negative", "1": "positive"}.get(answer["label"], answer["label"])
+        same += answer["label"] == merged.config.id2label[int(row.argmax())]
+        print(f"  {name:>8} ({answer['score']:.2f})  {text}")
+    print(f"the same labels as PyTorch for {same} of {len(NEW_SENTENCES)}")
 
-    session = ort.InferenceSession(str(engine / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
-    onnx_logits = session.run(None, feeds)[0]
-    same = int((onnx_logits.argmax(-1) == logits.argmax(-1).numpy()).sum())
-    print(
-        f"ONNX Runtime on the {len(NEW_SENTENCES)} sentences: same labels as PyTorch for {same}, max logit "
-        f"difference {np.abs(onnx_logits - logits.numpy()).max():.1e}"
-    )
-    step("6. dsee-bench: the pruned engines against the dense (unpruned) one, fp32 and int8, on this machine")
-    engines = Path(a.output) / "engines"
+    step("6. dd.bench: the pruned engines against the dense (unpruned) one, fp32 and int8, on this machine")
+    engines = root / "engines"
     exports = {
-        "dense": [str(out)],
-        "dense-int8": [str(out), "--quantize", "int8"],
-        "pruned-int8": [str(pruned), "--quantize", "int8"],
+        "dense": (tuned.path, dd.ExportConfig()),
+        "dense-int8": (tuned.path, dd.ExportConfig(quantize="int8")),
+        "pruned-int8": (pruned.path, dd.ExportConfig(quantize="int8")),
     }
-    for name, args_ in exports.items():
-        print(f"$ dsee-export {' '.join(args_)} --output {engines / name} --overwrite", flush=True)
-        if code := export([*args_, "--output", str(engines / name), "--overwrite"]):
-            return code
-    from .cli.bench import main as bench
-
+    for name, (ckpt, export_config) in exports.items():
+        print(
+            f">>> dd.export({str(ckpt)!r}, {str(engines / name)!r}, {shown(export_config)}, overwrite=True)"
+        )
+        dd.export(ckpt, engines / name, export_config, overwrite=True)
     eval_data = str((Path(a.data) / "dev.tsv") if a.data else SAMPLES / "dev.tsv")
-    command = [
-        "--baseline", f"dense={engines / 'dense'}", "--baseline", f"dense-int8={engines / 'dense-int8'}",
-        "--engine", f"pruned={engine}", "--engine", f"pruned-int8={engines / 'pruned-int8'}",
-        "--batch-sizes", "1", "--seq-lens", "64", "--rounds", "5",
-        "--eval-data", eval_data, "--output", str(Path(a.output) / "bench"), "--overwrite",
-    ]  # fmt: skip
-    print("$ dsee-bench " + " ".join(command), flush=True)
-    if code := bench(command):
-        return code
+    bench_config = dd.BenchConfig(batch_sizes=[1], seq_lens=[64], rounds=5, eval_data=eval_data)
+    baselines = [f"dense={engines / 'dense'}", f"dense-int8={engines / 'dense-int8'}"]
+    variants = [f"pruned={engine_dir}", f"pruned-int8={engines / 'pruned-int8'}"]
     print(
-        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {out}/ and {pruned}/, engines in "
-        f"{engine}/ and {engines}/, benchmark in {Path(a.output) / 'bench'}/ (the full one: dsee-bench --suite "
-        f"benchmarks/suites/bert-base-geometry.toml)"
+        f">>> dd.bench({variants}, {baselines}, {shown(bench_config)}, output={str(root / 'bench')!r})",
+        flush=True,
+    )
+    results = dd.bench(variants, baselines, bench_config, output=root / "bench", overwrite=True)
+    print((root / "bench" / "report.md").read_text())
+    print(
+        f"pruned-int8 is {results.speedup('pruned-int8', 'dense'):.2f}x the dense fp32 engine "
+        f"({results.speedup('pruned-int8', 'dense-int8'):.2f}x dense int8) at batch 1, sequence 64"
+    )
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {tuned.path}/ and "
+        f"{pruned.path}/, engines in {engine_dir}/ and {engines}/, benchmark in {root / 'bench'}/ (the full one: "
+        f"dsee-bench --suite benchmarks/suites/bert-base-geometry.toml)"
     )
     return 0
 

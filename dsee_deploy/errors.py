@@ -19,3 +19,8 @@ def require_extra(extra: str, *modules: str) -> None:
                 f"this needs the '{extra}' extra ({name} is not installed): "
                 f"pip install 'dsee-deploy[{extra}]'"
             ) from exc
+
+
+class ConfigError(DSEEError, ValueError):
+    """A config dataclass field out of range: a ValueError (as options checks are) that the CLIs show as a
+    user error, in one line."""

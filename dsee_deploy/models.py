@@ -45,10 +45,10 @@ def load_config(name_or_path: str, task: Task | None = None):
     except (OSError, ValueError) as exc:
         raise DSEEError(f"could not read the model config of '{name_or_path}': {_first_line(exc)}") from exc
     get_spec(config.model_type)  # unknown architectures fail here, with the supported list
-    if task is not None and task.kind != "causal-lm":
+    if task is not None and task.spec.problem_type:
         config.num_labels = task.num_labels
-        config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
-        if task.kind == "classification":
+        config.problem_type = task.spec.problem_type
+        if task.label_names:
             config.id2label = dict(enumerate(task.label_names))
             config.label2id = {name: i for i, name in enumerate(task.label_names)}
     return config
@@ -56,10 +56,9 @@ def load_config(name_or_path: str, task: Task | None = None):
 
 def load_model(name_or_path: str, config, task: Task):
     """(model, loading_info) with weights read from safetensors only (never unpickled)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    cls = AutoModelForCausalLM if task.kind == "causal-lm" else AutoModelForSequenceClassification
+    cls = task.spec.model_class()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected: the head is trained
     try:

@@ -4,72 +4,31 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DSEEError
 
-# Task metric used to pick the best checkpoint, per task kind.
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "causal-lm": "loss"}
-METRICS = {
-    "classification": ("accuracy", "f1", "matthews_correlation"),
-    "regression": ("pearson", "spearman"),
-    "causal-lm": ("loss", "perplexity"),
-}
+def compute_metrics_for(task):
+    """Trainer's metric function for `task`: the task registry's metrics (as fractions, as Trainer reports
+    them), so that training, --validate-data and dsee-bench score alike."""
+    spec = task.spec
+    if not spec.labelled:
+        return None
 
+    def compute(pred) -> dict:
+        preds = spec.predictions(np.asarray(pred.predictions))
+        return {m: spec.score(m, preds, pred.label_ids, task.positive) / 100 for m in spec.metrics}
 
-@dataclass
-class TrainOptions:
-    epochs: float = field(default=2.0, metadata={"help": "Training epochs."})
-    max_steps: int = field(
-        default=-1, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
-    )
-    batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
-    lr: float = field(
-        default=1e-3, metadata={"help": "Peak learning rate (linear warm-up, then linear decay)."}
-    )
-    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps spent warming up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    seed: int = field(default=42, metadata={"help": "Seed for data order and dropout."})
-    metric: str = field(
-        default="", metadata={"help": "Metric that picks the best checkpoint (task default if empty)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ValueError(f"--epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+    return compute
 
 
-def compute_metrics_for(kind: str):
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+def collator_for(task, tokenizer):
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 
-    def classification(pred) -> dict:
-        labels = pred.label_ids
-        preds = np.argmax(pred.predictions, axis=-1)
-        average = "binary" if pred.predictions.shape[-1] == 2 else "macro"
-        return {
-            "accuracy": float(accuracy_score(labels, preds)),
-            "f1": float(f1_score(labels, preds, average=average, zero_division=0)),
-            "matthews_correlation": float(matthews_corrcoef(labels, preds)),
-        }
-
-    def regression(pred) -> dict:
-        preds = np.asarray(pred.predictions).reshape(-1)
-        return {
-            "pearson": float(pearsonr(preds, pred.label_ids)[0]),
-            "spearman": float(spearmanr(preds, pred.label_ids)[0]),
-        }
-
-    return {"classification": classification, "regression": regression}.get(kind)
+    if task.spec.language_model:
+        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    return DataCollatorWithPadding(tokenizer)
 
 
 def build_trainer(
@@ -77,26 +36,19 @@ def build_trainer(
     tokenizer,
     train_ds,
     eval_ds,
-    kind: str,
-    opts: TrainOptions,
+    task,
+    opts,
     work_dir: Path,
     teacher=None,
     distill_alpha: float = 0.5,
     distill_temperature: float = 2.0,
 ):
+    """A Trainer for `opts` (a TuneConfig) that evaluates every epoch and keeps the best checkpoint by the
+    task's recorded metric."""
     import torch
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import Trainer, TrainingArguments
 
-    metric = opts.metric or DEFAULT_METRIC[kind]
-    if metric not in METRICS[kind]:
-        raise DSEEError(
-            f"--metric '{metric}' does not apply to {kind}: choose one of {', '.join(METRICS[kind])}"
-        )
+    metric = task.metric
     strategy, every = "epoch", None
     if opts.max_steps > 0:
         # With a step budget the run may end before an epoch does: evaluate on steps instead.
@@ -108,7 +60,7 @@ def build_trainer(
         max_steps=opts.max_steps,
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=max(opts.batch_size, 64),
-        learning_rate=opts.lr,
+        learning_rate=opts.learning_rate,
         warmup_ratio=opts.warmup_ratio,
         weight_decay=opts.weight_decay,
         lr_scheduler_type="linear",
@@ -119,7 +71,7 @@ def build_trainer(
         logging_steps=50,
         load_best_model_at_end=eval_ds is not None,
         metric_for_best_model=metric if eval_ds is not None else None,
-        greater_is_better=metric != "loss",
+        greater_is_better=task.spec.greater_is_better,
         save_total_limit=2,
         save_only_model=True,
         seed=opts.seed,
@@ -130,11 +82,7 @@ def build_trainer(
     )
     if eval_ds is None:
         args.eval_strategy = "no"
-    collator = (
-        DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        if kind == "causal-lm"
-        else DataCollatorWithPadding(tokenizer)
-    )
+    collator = collator_for(task, tokenizer)
     kwargs = {}
     cls = Trainer
     if teacher is not None:
@@ -146,7 +94,7 @@ def build_trainer(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
-        compute_metrics=compute_metrics_for(kind),
+        compute_metrics=compute_metrics_for(task),
         **kwargs,
     )
 
@@ -162,15 +110,9 @@ def add_perplexity(metrics: dict) -> dict:
     return metrics
 
 
-def importance_batches(ds, tokenizer, kind: str, samples: int, batch_size: int) -> list[dict]:
+def importance_batches(ds, tokenizer, task, samples: int, batch_size: int) -> list[dict]:
     """The first `samples` training examples, collated into batches, for taylor importance."""
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
-
-    collate = (
-        DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        if kind == "causal-lm"
-        else DataCollatorWithPadding(tokenizer)
-    )
+    collate = collator_for(task, tokenizer)
     subset = ds.select(range(min(samples, len(ds))))
     return [
         dict(collate([subset[j] for j in range(i, min(i + batch_size, len(subset)))]))

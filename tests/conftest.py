@@ -21,6 +21,8 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+from dsee_deploy.architectures import get_spec
+
 WORDS = (
     "the a film movie story plot actor actress scene music was is it this that and but very so "
     "good great fine lovely moving funny bright warm bad dull boring long awful flat weak cold slow "
@@ -134,7 +136,7 @@ def build_base(model_type: str, path: Path, seed: int = 0) -> Path:
     """Save a randomly initialised tiny base model (safetensors) and the tokenizer to `path`."""
     torch.manual_seed(seed)
     config = TINY_CONFIGS[model_type]()
-    cls = AutoModelForCausalLM if model_type == "gpt2" else AutoModel
+    cls = AutoModelForCausalLM if get_spec(model_type).decoder else AutoModel
     model = cls.from_config(config)
     with torch.no_grad():
         # Trained weights have no two identical tensors; fresh ones do (zero biases, unit LayerNorm weights),

@@ -10,24 +10,39 @@ import pytest
 from conftest import run_cli
 from test_export_targets import labelled, pruned_bert  # noqa: F401  (fixtures)
 
+import dsee_deploy as dd
 from dsee_deploy.cli.bench import main as bench
 from dsee_deploy.cli.export import main as export
 from dsee_deploy.flops import encoder_flops
 
 
 @pytest.fixture
-def engines(pruned_bert, tmp_path, capsys):  # noqa: F811
+def engines(pruned_bert, tmp_path):  # noqa: F811
     """dense (the unpruned checkpoint), pruned, pruned-int8: real dsee-export directories."""
     out = {}
-    for name, src, extra in (
-        ("dense", tmp_path / "dense", []),
-        ("pruned", pruned_bert, []),
-        ("pruned-int8", pruned_bert, ["--quantize", "int8"]),
+    for name, src, config in (
+        ("dense", tmp_path / "dense", dd.ExportConfig()),
+        ("pruned", pruned_bert, dd.ExportConfig()),
+        ("pruned-int8", pruned_bert, dd.ExportConfig(quantize="int8")),
     ):
-        code, _, err = run_cli(export, [src, "--output", tmp_path / "engines" / name, *extra], capsys)
-        assert code == 0, err
         out[name] = tmp_path / "engines" / name
+        dd.export(src, out[name], config)
     return out
+
+
+def test_bench_verb_returns_the_results_it_writes(engines, tmp_path):
+    config = dd.BenchConfig(
+        batch_sizes=[1], seq_lens=[8], rounds=3, warmup=1, threads=1, torch_variants=False
+    )
+    results = dd.bench([f"pruned={engines['pruned']}"], [f"dense={engines['dense']}"], config)
+    assert isinstance(results, dd.BenchResults) and results.output is None
+    row = next(s for s in results.data["speedups"] if s["variant"] == "pruned")
+    assert results.speedup("pruned") == row["median"] == results.speedup("pruned", "dense", batch=1, seq=8)
+    written = dd.bench([engines["pruned"]], [engines["dense"]], config, output=tmp_path / "b")
+    on_disk = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert on_disk["speedups"] == written.data["speedups"] and written.output == tmp_path / "b"
+    with pytest.raises(dd.DSEEError, match="--overwrite"):
+        dd.bench([engines["pruned"]], [engines["dense"]], config, output=tmp_path / "b")
 
 
 def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tmp_path, capsys):  # noqa: F811
@@ -93,16 +108,17 @@ title = "tiny"
 ckpt = "{pruned_bert}"
 dense = "{tmp_path / "dense"}"
 [[step]]
-run = "dsee-export"
-args = ["{{dense}}", "--output", "{{work}}/engines/dense"]
-creates = "{{work}}/engines/dense"
+run = "export"
+checkpoint = "{{dense}}"
+output = "{{work}}/engines/dense"
 [[step]]
-run = "dsee-export"
-args = ["{{ckpt}}", "--output", "{{work}}/engines/pruned"]
-creates = "{{work}}/engines/pruned"
+run = "export"
+checkpoint = "{{ckpt}}"
+output = "{{work}}/engines/pruned-int8"
+config = {{ quantize = "int8" }}
 [bench]
 baselines = ["dense={{work}}/engines/dense"]
-engines = ["pruned={{work}}/engines/pruned"]
+engines = ["pruned={{work}}/engines/pruned-int8"]
 batch_sizes = [1]
 seq_lens = [8]
 rounds = 3
@@ -115,6 +131,7 @@ torch_variants = false
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["title"] == "tiny" and [v["name"] for v in results["variants"]] == ["dense", "pruned"]
+    assert dd.Manifest.read(out / "work" / "engines" / "pruned-int8").precision == "int8"
     # A second run resumes: steps whose output exists are skipped.
     code, stdout, err = run_cli(bench, ["--suite", suite, "--output", out, "--overwrite"], capsys)
     assert code == 0 and stdout.count("exists, skipped") == 2
@@ -126,13 +143,22 @@ def _suite_without_engines(tmp_path):
     return path
 
 
-def test_bench_options_from_a_suite_are_type_checked():
-    from dsee_deploy.bench.harness import BenchOptions
+def test_bench_options_from_a_suite_are_type_checked(tmp_path):
+    from dsee_deploy.bench import suite
     from dsee_deploy.errors import DSEEError
 
     for bad in ("100", 1.5, True):
         with pytest.raises(DSEEError, match="--spin-us .* must be a whole number"):
-            BenchOptions(engines=["e"], baselines=["b"], spin_us=bad)
+            dd.BenchConfig(spin_us=bad)
+    path = tmp_path / "typo.toml"
+    path.write_text('[[step]]\nrun = "export"\ncheckpoint = "c"\noutptu = "o"\n[bench]\n')
+    with pytest.raises(DSEEError, match=r"keys \['outptu'\] it does not take"):
+        suite.load(str(path), tmp_path, {})
+    path.write_text(
+        '[[step]]\nrun = "export"\ncheckpoint = "c"\noutput = "o"\nconfig = { int8 = true }\n[bench]\n'
+    )
+    with pytest.raises(DSEEError, match=r"sets config \['int8'\], which ExportConfig does not have"):
+        suite.run_steps(suite.load(str(path), tmp_path, {}))
 
 
 def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):

@@ -10,19 +10,21 @@ from conftest import TINY_CONFIGS, batch_for, build_base
 from test_tuning import _randomize_updates
 
 from dsee_deploy import load_dsee, load_merged
+from dsee_deploy.architectures import get_spec
 from dsee_deploy.checkpoint import ADAPTER_FILE, CONFIG_FILE, prepare_output_dir, save_checkpoint
 from dsee_deploy.data import Task
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.models import base_weights_sha256, load_config, load_model, load_tokenizer
+from dsee_deploy.tasks import CausalLM, Classification
 from dsee_deploy.tuning import DSEEConfig, dsee_layers, inject_dsee, train_head
 
 
 def make_checkpoint(model_type: str, base, out, seed: int = 0):
     """A checkpoint with random (trained-looking) updates, and the in-memory model it was saved from."""
     task = (
-        Task("causal-lm")
-        if model_type == "gpt2"
-        else Task("classification", "sentence", None, "label", ["neg", "pos"])
+        Task(CausalLM.kind)
+        if get_spec(model_type).decoder
+        else Task(Classification.kind, "sentence", None, "label", ["neg", "pos"])
     )
     config = load_config(str(base), task)
     model, info = load_model(str(base), config, task)

@@ -137,7 +137,7 @@ def save_pruned(tmp_path, model, tok, record, masks):
     """Save a model pruned in memory as a checkpoint beside the dense one it came from (tmp_path / 'dense')."""
     info = load_dsee(tmp_path / "dense")[2]
     out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
-    dsee, task = DSEEConfig.from_dict(info["dsee"]), Task(**info["task"])
+    dsee, task = DSEEConfig.from_dict(info["dsee"]), Task.from_dict(info["task"])
     save_checkpoint(out, model, tok, dsee, task, info["base_model"], {}, pruning=record, masks=masks)
     return out
 
@@ -147,7 +147,7 @@ def save_pruned(tmp_path, model, tok, record, masks):
 def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, tiny_bases, tmp_path):
     model, tok = make_checkpoint(model_type, tiny_bases[model_type], tmp_path / "dense")
     batch = batch_for(tok)
-    labels = batch["input_ids"].clone() if model_type == "gpt2" else torch.tensor([0, 1, 1])
+    labels = batch["input_ids"].clone() if get_spec(model_type).decoder else torch.tensor([0, 1, 1])
     batches = [{**batch, "labels": labels}] * 2
     config = PruneConfig(
         heads=0.5, ffn=0.5, unstructured=0.3 if importance != "taylor" else 0.0, importance=importance

@@ -20,17 +20,16 @@ import numpy as np
 import pytest
 from conftest import build_base, sentences, write_tsv
 
-from dsee_deploy.cli.export import main as export
+import dsee_deploy as dd
 from dsee_deploy.cli.serve import main as serve_cli
-from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.errors import DSEEError
+from dsee_deploy.runtime import pick_providers
 from dsee_deploy.serve import Engine, ServeOptions, create_app, plan_buckets
 from dsee_deploy.serve.batching import Draining, MicroBatcher
-from dsee_deploy.serve.engine import _pick_providers
 from dsee_deploy.serve.load import Connection, run_load
 from dsee_deploy.serve.options import ScaleOptions
 
-FAST = ["--max-steps", "4", "--batch-size", "8", "--max-length", "24"]
+FAST = dd.TuneConfig(max_steps=4, batch_size=8, max_length=24)
 # Batches are padded per bucket, so the same input meets other GEMM shapes and padding in a server batch than
 # alone: fp32 rounding moves probabilities by ~1e-7, well inside this.
 SCORE_ATOL = 1e-5
@@ -39,7 +38,7 @@ SCORE_ATOL = 1e-5
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory) -> dict:
     """Tiny real engines: classification (BERT, string labels), regression on sentence pairs (DistilBERT: no
-    token_type_ids), and feature extraction (the bare BERT encoder), each through dsee-export."""
+    token_type_ids), and feature extraction (the bare BERT encoder), each through dd.export."""
     root = tmp_path_factory.mktemp("serve")
     bert, distil = build_base("bert", root / "bert"), build_base("distilbert", root / "distilbert")
     rows = [(s, ["negative", "positive"][y]) for s, y in sentences(96, 1)]
@@ -51,14 +50,12 @@ def engines(tmp_path_factory) -> dict:
     reg_data = write_tsv(root / "sts.tsv", ["sentence1", "sentence2", "score"], pairs)
     out = {}
     for name, base, data in (("classification", bert, cls_data), ("regression", distil, reg_data)):
-        args = ["--model", base, "--train", data, "--output", root / f"{name}-ckpt", *FAST]
-        assert tune([str(a) for a in args]) == 0
-        assert export([str(root / f"{name}-ckpt"), "--output", str(root / name)]) == 0
+        dd.tune(data, root / f"{name}-ckpt", model=str(base), config=FAST)
+        dd.export(root / f"{name}-ckpt", root / name)
         out[name] = root / name
-    triton = ["--output", root / "triton", "--format", "triton", "--name", "sst"]
-    assert export([str(a) for a in [root / "classification-ckpt", *triton]]) == 0
+    dd.export(root / "classification-ckpt", root / "triton", dd.ExportConfig(format="triton", name="sst"))
     out["triton"] = root / "triton" / "sst"
-    assert export([str(bert), "--output", str(root / "fe"), "--task", "feature-extraction"]) == 0
+    dd.export(bert, root / "fe", dd.ExportConfig(task="feature-extraction"))
     out["feature-extraction"] = root / "fe"
     out["bert-base"] = bert
     return out
@@ -74,15 +71,18 @@ PAIRS = [(a, b) for (a, _), (b, _) in zip(sentences(10, seed=4), sentences(10, s
 
 
 def reference_logits(engine_dir, inputs) -> np.ndarray:
-    """transformers' tokenizer, padded to the longest input, and ONNX Runtime: what the engine must match."""
-    import onnxruntime as ort
+    """transformers' tokenizer, padded to the longest input and truncated at the length the model was tuned
+    with (the manifest's), and ONNX Runtime: what the engine must match."""
     from transformers import AutoTokenizer
+
+    from dsee_deploy.runtime import make_session
 
     tok = AutoTokenizer.from_pretrained(str(engine_dir))
     first = [x if isinstance(x, str) else x[0] for x in inputs]
     second = None if all(isinstance(x, str) for x in inputs) else [x[1] for x in inputs]
-    batch = tok(first, second, padding=True, truncation=True, return_tensors="np")
-    session = ort.InferenceSession(str(engine_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    max_length = dd.Manifest.read(engine_dir).max_length
+    batch = tok(first, second, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    session = make_session(engine_dir / "model.onnx", providers=["CPUExecutionProvider"])
     feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
     return session.run(None, feeds)[0]
 
@@ -213,7 +213,7 @@ def test_plan_buckets(lengths, max_batch, expected):
     ],
 )
 def test_providers_are_picked_best_first(available, expected):
-    assert _pick_providers(available) == expected
+    assert pick_providers(available) == expected
 
 
 def test_engine_says_which_provider_it_runs_on(engines, caplog):
@@ -269,7 +269,7 @@ def test_engine_refuses_bad_input_with_one_line(engines, classifier, tmp_path):
 def test_spin_is_bounded_or_off_never_onnxruntimes_unbounded_default(monkeypatch):
     import onnxruntime as ort
 
-    import dsee_deploy.serve.engine as engine_module
+    import dsee_deploy.runtime.session as engine_module
 
     options = ort.SessionOptions()
     assert engine_module.set_spin(options, 100) == 100
@@ -627,3 +627,66 @@ def test_a_clean_venv_with_only_the_serve_extra_serves_a_request(engines, tmp_pa
         and result["checks"]["no torch"]
         and result["checks"]["answers like Engine.predict here"]
     )
+
+
+# --- one runtime: what is served is what is measured -------------------------------------------------------
+
+
+def test_served_benchmarked_and_validated_predictions_agree_beyond_the_tuned_length(engines, tmp_path):
+    """Engine.predict, dsee-serve over HTTP, dsee-bench's accuracy and dsee-export --validate-data predict the
+    same labels, on inputs longer than the length the model was tuned with (24 tokens): every one of them
+    truncates where the model was tuned. The data is labelled with the served labels, so both measurements
+    must read 100 %; inputs whose label changes when they are truncated elsewhere (at 60 tokens) are among
+    them, so a measurement that truncated differently would read less."""
+    import random
+
+    from conftest import POSITIVE
+
+    # Texts of one polarity's words only, half each: a tiny model learns them in a few seconds.
+    good, bad = sorted(POSITIVE), ["bad", "dull", "boring", "awful", "flat", "weak", "cold", "slow", "hated"]
+    rng = random.Random(0)
+    rows = [
+        (" ".join(rng.choices((bad, good)[i % 2], k=rng.randint(3, 12))), ("negative", "positive")[i % 2])
+        for i in range(192)
+    ]
+    data = write_tsv(tmp_path / "train.tsv", ["sentence", "label"], rows)
+    ckpt, path = tmp_path / "ckpt", tmp_path / "engine"
+    config = dd.TuneConfig(epochs=8, batch_size=16, max_length=24, lr=1e-2)
+    dd.tune(data, ckpt, model=str(engines["bert-base"]), config=config)
+    dd.export(ckpt, path)
+    engine = Engine.load(path, threads=1)
+    assert engine.max_length == dd.Manifest.read(path).max_length == 24
+    # 22 words of one polarity, then 30 of the other: the label depends on where the input is cut.
+    long_texts = [
+        " ".join(rng.choices(a, k=22) + rng.choices(b, k=30)) for a, b in [(good, bad), (bad, good)] * 10
+    ]
+    at_24 = [p["label"] for p in engine.predict(long_texts)]
+    at_60 = [p["label"] for p in Engine.load(path, threads=1, max_length=60).predict(long_texts)]
+    differs = [t for t, a, b in zip(long_texts, at_24, at_60, strict=True) if a != b]
+    assert differs, "no input whose label depends on where it is cut: the check below would be blind"
+    texts = differs + [s for s, _ in sentences(20, seed=9)]
+    labels = [p["label"] for p in engine.predict(texts)]
+    served_data = write_tsv(
+        tmp_path / "served.tsv", ["sentence", "label"], list(zip(texts, labels, strict=True))
+    )
+
+    with served(path, "--threads", "1") as (port, _), Connection("127.0.0.1", port) as c:
+        reply = c.request("/v1/predict", json.dumps({"inputs": texts}).encode())
+    assert reply.status == 200
+    assert [p["label"] for p in json.loads(reply.body)["predictions"]] == labels
+
+    bench = dd.BenchConfig(
+        batch_sizes=[1],
+        seq_lens=[8],
+        rounds=3,
+        warmup=1,
+        threads=1,
+        eval_data=str(served_data),
+        torch_variants=False,
+    )
+    results = dd.bench([f"engine={path}"], [f"baseline={path}"], bench)
+    assert results.metric("engine")["accuracy"] == 100.0 and results.metric("engine")["max_length"] == 24
+
+    manifest = dd.export(ckpt, tmp_path / "again", dd.ExportConfig(validate_data=str(served_data)))
+    assert manifest.validate_data["results"]["onnx fp32"]["accuracy"] == 100.0
+    assert manifest.validate_data["examples"] == len(texts)

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from dsee_deploy.architectures import supported
+from dsee_deploy.architectures import get_spec, supported
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.tuning import (
     DSEEConfig,
@@ -139,7 +139,7 @@ def test_config_round_trips_through_json_and_checks_values():
         {"alpha": 0},
         {"num_sparse": -1},
         {"sparse_init": "svd"},
-        {"target_modules": ()},
+        {"target_modules": ("query", "keys")},
     ):
         with pytest.raises(ValueError):
             DSEEConfig(**bad)
@@ -148,7 +148,7 @@ def test_config_round_trips_through_json_and_checks_values():
 
 
 def _load_tiny(model_type, path):
-    cls = AutoModelForCausalLM if model_type == "gpt2" else AutoModelForSequenceClassification
+    cls = AutoModelForCausalLM if get_spec(model_type).decoder else AutoModelForSequenceClassification
     model = (
         cls.from_pretrained(path, num_labels=3)
         if cls is AutoModelForSequenceClassification

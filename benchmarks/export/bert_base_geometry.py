@@ -29,6 +29,7 @@ def main() -> int:
     from dsee_deploy.export import export_onnx, onnx_parameter_count, validate_onnx
     from dsee_deploy.export.optimize import optimize_for_cpu
     from dsee_deploy.surgery import apply_structure
+    from dsee_deploy.tasks import Classification, get_task
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
@@ -50,7 +51,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         apply_structure(model, layers)
-        path = export_onnx(model, tok, "classification", Path(tmp))
+        path = export_onnx(model, tok, get_task(Classification.kind), Path(tmp))
         exported = time.perf_counter() - started
         fused = optimize_for_cpu(path, "bert")
         total = time.perf_counter() - started

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,27 +29,27 @@ def main() -> int:
     p.add_argument("--runs", default="runs")
     p.add_argument("--data", default=str(HERE.parents[2] / "shared" / "data" / "sst2" / "test.tsv"))
     args = p.parse_args()
+    import dsee_deploy as dd
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, rel in CHECKPOINTS.items():
             ckpt = Path(args.runs) / rel
             for precision in ("fp32", "int8"):
                 out = Path(tmp) / f"{rel.replace('/', '-')}-{precision}"
-                cmd = ["dsee-export", str(ckpt), "--output", str(out), "--validate-data", args.data]
-                cmd += ["--quantize", "int8"] if precision == "int8" else []
-                print("$", " ".join(cmd), flush=True)
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                print(done.stdout, done.stderr[-2000:] if done.returncode else "", flush=True)
-                if done.returncode:
-                    return done.returncode
-                m = json.loads((out / "manifest.json").read_text())
+                quantize = "int8" if precision == "int8" else None
+                config = dd.ExportConfig(validate_data=args.data, quantize=quantize)
+                call = f"dd.export({str(ckpt)!r}, ENGINE, ExportConfig(validate_data={args.data!r}, quantize={quantize!r}))"
+                print(">>>", call, flush=True)
+                manifest = dd.export(ckpt, out, config)
+                m = manifest.to_dict()
                 results = m["validate_data"]["results"]
                 rows.append(
                     {
                         "checkpoint": name,
                         "path": str(ckpt),
                         "precision": precision,
-                        "command": " ".join(cmd[:2] + ["--output", "ENGINE"] + cmd[4:]),
+                        "command": call,
                         "pytorch_accuracy": results["pytorch"]["metric"],
                         "engine_accuracy": results[f"onnx {precision}"]["metric"],
                         "agreement_with_pytorch": results[f"onnx {precision}"]["agreement_with_pytorch"],

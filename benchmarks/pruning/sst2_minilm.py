@@ -18,9 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+# (PruneConfig fields, distill): what each variant prunes, and whether the re-tune distils from the unpruned model.
 VARIANTS = {
-    "u50": ["--prune-unstructured", "0.5", "--importance", "wabs"],
-    "s50": ["--prune-heads", "0.5", "--prune-ffn", "0.5", "--importance", "taylor", "--distill"],
+    "u50": ({"unstructured": 0.5, "importance": "wabs"}, False),
+    "s50": ({"heads": 0.5, "ffn": 0.5, "importance": "taylor"}, True),
 }
 
 
@@ -38,7 +39,7 @@ def main() -> int:
     if not (start / "dsee_config.json").is_file():
         print(f"no DSEE checkpoint at '{start}': run benchmarks/tuning/sst2_minilm.py first", file=sys.stderr)
         return 2
-    from dsee_deploy.cli.tune import main as tune
+    import dsee_deploy as dd
 
     out_json = HERE / "sst2_minilm.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -48,36 +49,23 @@ def main() -> int:
         "test_accuracy": unpruned["test_accuracy"],
         "eval_accuracy": unpruned["eval_accuracy"],
     }
-    common = [
-        "--resume",
-        str(start),
-        "--train",
-        str(data / "train.tsv"),
-        "--eval",
-        str(data / "dev.tsv"),
-        "--test",
-        str(data / "test.tsv"),
-        "--max-train-samples",
-        "20000",
-        "--epochs",
-        "0",
-        "--retune-epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--overwrite",
-    ]
-    for name, flags in VARIANTS.items():
+    files = {"eval": str(data / "dev.tsv"), "test": str(data / "test.tsv")}
+    for name, (fields, distill) in VARIANTS.items():
         if a.only and name != a.only:
             continue
         out = Path(a.runs) / name
-        command = ["dsee-tune", *common, *flags, "--output", str(out)]
-        if tune(command[1:]) != 0:
-            return 1
+        config = dd.TuneConfig(
+            max_train_samples=20000, epochs=0, retune_epochs=2, batch_size=32, distill=distill
+        )
+        prune = dd.PruneConfig(**fields)
+        dd.tune(
+            str(data / "train.tsv"), out, **files, resume=start, config=config, prune=prune, overwrite=True
+        )
+        command = f"dd.tune(..., resume={str(start)!r}, config={config}, prune={prune})"
         metrics = json.loads((out / "metrics.json").read_text())
         record = json.loads((out / "pruning.json").read_text())
         results[name] = {
-            "command": " ".join(command),
+            "command": command,
             "test_accuracy": metrics["test_accuracy"],
             "eval_accuracy": metrics["eval_accuracy"],
             "test_accuracy_before_pruning": metrics["before_pruning"].get("test_accuracy"),

@@ -62,49 +62,22 @@ def main() -> int:
 
     import torch
 
-    from dsee_deploy.cli.tune import main as tune
+    import dsee_deploy as dd
 
-    common = [
-        "--train",
-        str(data / "train.tsv"),
-        "--eval",
-        str(data / "dev.tsv"),
-        "--test",
-        str(data / "test.tsv"),
-        "--max-train-samples",
-        str(a.max_train_samples),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--max-length",
-        "64",
-        "--overwrite",
-    ]
-    variants = {"dsee": [], "full": ["--full-finetune"]}
+    files = {"eval": str(data / "dev.tsv"), "test": str(data / "test.tsv")}
+    budget = {"max_train_samples": a.max_train_samples, "epochs": 2, "batch_size": 32, "max_length": 64}
+    variants = {"dsee": {}, "full": {"full_finetune": True}}
     out_json = HERE / "sst2_minilm.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
     if a.step_time:
         # Same data and batch, 60 steps each, no evaluation: step time without other load on the machine.
-        timing = [
-            "--train",
-            str(data / "train.tsv"),
-            "--max-train-samples",
-            "1920",
-            "--max-steps",
-            "60",
-            "--batch-size",
-            "32",
-            "--max-length",
-            "64",
-            "--overwrite",
-        ]
+        timing = {"max_train_samples": 1920, "max_steps": 60, "batch_size": 32, "max_length": 64}
         for name, extra in variants.items():
             out = Path(a.runs) / f"steptime-{name}"
-            if tune([*timing, *extra, "--output", str(out)]) != 0:
-                return 1
-            m = json.loads((out / "metrics.json").read_text())
-            results.setdefault(name, {})["clean_step_time_s"] = m["train_step_time_s"]
+            ckpt = dd.tune(
+                str(data / "train.tsv"), out, config=dd.TuneConfig(**timing, **extra), overwrite=True
+            )
+            results.setdefault(name, {})["clean_step_time_s"] = ckpt.metrics["train_step_time_s"]
         results["step_time_ratio_full_over_dsee"] = (
             results["full"]["clean_step_time_s"] / results["dsee"]["clean_step_time_s"]
         )
@@ -115,11 +88,10 @@ def main() -> int:
         if a.only and name != a.only:
             continue
         out = Path(a.runs) / name
-        command = ["dsee-tune", *common, *extra, "--output", str(out)]
-        if tune(command[1:]) != 0:
-            return 1
-        metrics = json.loads((out / "metrics.json").read_text())
-        results[name] = {**results.get(name, {}), "command": " ".join(command), **metrics}
+        config = dd.TuneConfig(**budget, **extra)
+        ckpt = dd.tune(str(data / "train.tsv"), out, **files, config=config, overwrite=True)
+        call = f"dd.tune({str(data / 'train.tsv')!r}, {str(out)!r}, eval=..., test=..., config={config})"
+        results[name] = {**results.get(name, {}), "command": call, **ckpt.metrics}
     results["machine"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),

@@ -7,58 +7,26 @@ import contextlib
 import importlib.util
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DSEEError
+from .config import BenchConfig
 from .timing import interleave, speedup
 from .variants import Variant, engine_variant, feeds_for, runner, source_of, torch_variant
 
 SIMD = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "neon", "asimd")
 
 
-@dataclass
-class BenchOptions:
-    engines: list[str] = field(default_factory=list)
-    baselines: list[str] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    seq_lens: list[int] = field(default_factory=lambda: [32, 128])
-    threads: int = os.cpu_count() or 1
-    rounds: int = 20
-    warmup: int = 3
-    target_block_ms: float = 250
-    # ONNX Runtime's intra-op threads busy-wait at most this long for more work, as dsee-serve runs them: within
-    # a run they stay hot between operators; after a run they stop long before the next variant's block starts,
-    # so interleaved sessions do not take each other's cores (ORT's default spin does). 0: no spinning.
-    spin_us: int = 100
-    eval_data: str | None = None
-    torch_variants: bool = True
-    profile: bool = False
-    title: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.baselines or not self.engines:
-            raise DSEEError(
-                "dsee-bench needs --baseline (the dense engine to compare with) and --engine (the DSEE engines); "
-                "a suite's [bench] needs baselines and engines"
-            )
-        for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
-            if not values or min(values) < 1:
-                raise DSEEError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
-        for name in ("threads", "rounds", "warmup", "spin_us"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                flag = "--" + name.replace("_", "-")
-                raise DSEEError(f"{flag} (a suite's {name}) must be a whole number, not {value!r}")
-        if self.rounds < 3 or self.threads < 1 or self.spin_us < 0:
-            raise DSEEError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
-
-
-def collect_variants(options: BenchOptions) -> list[Variant]:
-    variants = [engine_variant(b, True) for b in options.baselines]
-    variants += [engine_variant(e, False) for e in options.engines]
+def collect_variants(engines: list[str], baselines: list[str], options: BenchConfig) -> list[Variant]:
+    if not baselines or not engines:
+        raise DSEEError(
+            "dsee-bench needs --baseline (the dense engine to compare with) and --engine (the DSEE engines); "
+            "a suite's [bench] needs baselines and engines"
+        )
+    variants = [engine_variant(b, True) for b in baselines]
+    variants += [engine_variant(e, False) for e in engines]
     if options.torch_variants and importlib.util.find_spec("torch") is not None:
-        engines = variants[len(options.baselines) :]
+        engines = variants[len(baselines) :]
         dense = source_of(variants[0])
         if dense.is_dir():
             variants.append(torch_variant(dense, variants[0], "pytorch eager", "pytorch eager (dense)"))
@@ -95,19 +63,21 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
     return extra
 
 
-def run(options: BenchOptions) -> dict:
+def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
+    """Time `engines` against `baselines` (dsee-export directories, PATH or NAME=PATH); the results dict
+    (schema in report.py)."""
     from tqdm.auto import tqdm
 
-    from ..serve.engine import spin_in_force
+    from ..runtime import spin_in_force
 
     spin_us = spin_in_force(options.spin_us)
-    variants = collect_variants(options)
+    variants = collect_variants(engines, baselines, options)
     primary = variants[0]
     eval_data = {}
     if options.eval_data:  # read and checked before the timing, which takes minutes
         from .accuracy import load_for
 
-        eval_data = load_for(variants, options.eval_data)
+        eval_data = load_for(variants, options.eval_data, options.threads, spin_us)
     shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
     results = {
         "schema": "dsee-bench/1",
@@ -132,8 +102,8 @@ def run(options: BenchOptions) -> dict:
     with tqdm(total=len(shapes) * options.rounds, desc="timing", unit="round") as bar:
         for batch, seq in shapes:
             bar.set_postfix_str(f"batch {batch}, seq {seq}")
-            feeds = feeds_for(variants, batch, seq)
-            runners = {v.name: runner(v, feeds, options.threads, spin_us) for v in variants}
+            tokens = feeds_for(variants, batch, seq)
+            runners = {v.name: runner(v, tokens, options.threads, spin_us) for v in variants}
             timings = interleave(
                 runners, options.rounds, options.warmup, options.target_block_ms / 1000, progress=bar.update
             )
@@ -159,12 +129,12 @@ def run(options: BenchOptions) -> dict:
         from .profile import profile
 
         batch, seq = shapes[0]
-        feeds = feeds_for(variants, batch, seq)
+        tokens = feeds_for(variants, batch, seq)
         results["profile"] = {
             "batch": batch,
             "seq": seq,
             **{
-                v.name: profile(v.path, feeds, options.threads, spin_us)
+                v.name: profile(v.path, v.feeds(*tokens), options.threads, spin_us)
                 for v in variants
                 if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
             },

@@ -9,22 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..serve.engine import set_spin
+from ..runtime import make_session
 
 WARMUP = 3
 
 
 def profile(path: str, feeds: dict[str, np.ndarray], threads: int, spin_us: int, runs: int = 20) -> dict:
     """Milliseconds per run for each operator type (and their share), over `runs` runs after a warm-up."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        set_spin(options, spin_us)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = make_session(
+            path,
+            threads=threads,
+            providers=["CPUExecutionProvider"],
+            spin_us=spin_us,
+            profile_prefix=str(Path(tmp) / "profile"),
+        )
         inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
         for _ in range(WARMUP + runs):
             session.run(None, inputs)

@@ -8,7 +8,8 @@ results.json, "schema": "dsee-bench/1":
   variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
-  accuracy     {variant: {metric, value, examples}}   (with --eval-data)
+  accuracy     {variant: {metric, value, accuracy, examples, max_length}}   (with --eval-data): `metric` is the
+               one that selected the checkpoint and `value` its score; `accuracy` beside it (classification)
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ def spin_text(method: dict) -> str:
     return f"ONNX Runtime threads spin at most {spin} us" if spin else "spinning off"
 
 
+def accuracy_of(entry: dict) -> float | None:
+    """Accuracy of an accuracy entry (results from before the task metric kept it under `value`)."""
+    if "accuracy" in entry:
+        return entry["accuracy"]
+    return entry.get("value") if entry.get("metric") == "accuracy" else None
+
+
 def write_markdown(results: dict, path: Path) -> None:
     accuracy = results.get("accuracy", {})
     primary = results["primary_baseline"]
@@ -35,15 +43,17 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         "## Variants",
         "",
-        "| variant | runtime | precision | parameters | on disk | heads / layer | FFN / layer | accuracy |",
-        "| --- | --- | --- | ---: | ---: | --- | --- | ---: |",
+        "| variant | runtime | precision | parameters | on disk | heads / layer | FFN / layer | accuracy | task metric |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for v in results["variants"]:
-        acc = accuracy.get(v["name"], {}).get("value")
+        entry = accuracy.get(v["name"], {})
+        acc = accuracy_of(entry)
+        metric = f"{entry['metric']} {entry['value']:.2f}" if entry.get("value") is not None else ""
         lines.append(
             f"| {v['name']} | {v['kind']} | {v['precision']} | {v['parameters'] / 1e6:.2f} M "
             f"| {v['size_bytes'] / 1e6:.1f} MB | {_compact(v['heads'])} | {_compact(v['ffn'])} "
-            f"| {'' if acc is None else f'{acc:.2f} %'} |"
+            f"| {'' if acc is None else f'{acc:.2f} %'} | {metric} |"
         )
     baselines = [v["name"] for v in results["variants"] if v["baseline"]]
     engine_baselines = [
@@ -157,18 +167,18 @@ def write_plots(results: dict, out: Path) -> list[str]:
     written.append("speedup_vs_flops.png")
 
     accuracy = results.get("accuracy", {})
-    if any(a.get("value") is not None for a in accuracy.values()):
+    if any(accuracy_of(a) is not None for a in accuracy.values()):
         shape = max((s["batch"], s["seq"]) for s in ups if s["batch"] == min(x["batch"] for x in ups))
         fig, ax = plt.subplots(figsize=(5, 4))
         for name, acc in accuracy.items():
-            if acc.get("value") is None:
+            if accuracy_of(acc) is None:
                 continue
             up = next(
                 (s["median"] for s in ups if s["variant"] == name and (s["batch"], s["seq"]) == shape), None
             )
             if up is not None:
-                ax.scatter(up, acc["value"])
-                ax.annotate(name, (up, acc["value"]), fontsize=7)
+                ax.scatter(up, accuracy_of(acc))
+                ax.annotate(name, (up, accuracy_of(acc)), fontsize=7)
         ax.set(xlabel=f"speed-up vs {primary} (batch {shape[0]}, seq {shape[1]})", ylabel="accuracy (%)")
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_speedup.png", dpi=120)

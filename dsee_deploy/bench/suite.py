@@ -1,14 +1,15 @@
-"""Suites (benchmarks/suites/*.toml): the steps that make the engines (train, prune, export, or a synthetic
-model), then the bench itself, so that one command reproduces a results table.
+"""Suites (benchmarks/suites/*.toml): the steps that make the engines (tune, prune, export, or a synthetic
+model, each calling the library's verb), then the bench itself, so that one command reproduces a results table.
 
     title = "..."
     [vars]                      # {name} in any string below; --var name=value overrides; {work} is OUTPUT/work
     data = "../shared/data/sst2"
-    [[step]]                    # run in order; skipped when `creates` already exists (re-runs resume)
-    run = "dsee-export"         # dsee-tune, dsee-prune, dsee-export, or "synthetic" (args: a table)
-    args = ["{work}/ckpt", "--output", "{work}/engines/fp32"]
-    creates = "{work}/engines/fp32"
-    [bench]                     # dsee-bench options: engines, baselines, batch_sizes, seq_lens, rounds, ...
+    [[step]]                    # run in order; skipped when `creates` (default: its output) already exists
+    run = "export"              # tune, prune, export, or synthetic
+    checkpoint = "{work}/ckpt"  # the verb's inputs, by name (see dsee_deploy.export, .tune, .prune)
+    output = "{work}/engines/fp32"
+    config = { quantize = "int8" }          # the verb's config dataclass, by field (tune: also dsee, prune)
+    [bench]                     # engines, baselines, and BenchConfig fields: batch_sizes, seq_lens, rounds, ...
 """
 
 from __future__ import annotations
@@ -18,7 +19,76 @@ from pathlib import Path
 
 from ..errors import DSEEError
 
-STEPS = ("dsee-tune", "dsee-prune", "dsee-export", "synthetic")
+
+def _tune(step: dict) -> None:
+    from ..pruning import PruneConfig
+    from ..tuning.config import DSEEConfig
+    from ..tuning.options import TuneConfig
+    from ..tuning.run import tune
+
+    tune(
+        **_inputs(step, ("train", "output", "eval", "test", "model", "resume", "base_model")),
+        config=_config(TuneConfig, step, "config"),
+        dsee=_config(DSEEConfig, step, "dsee"),
+        prune=_config(PruneConfig, step, "prune"),
+    )
+
+
+def _prune(step: dict) -> None:
+    from ..pruning import PruneConfig
+    from ..pruning.run import prune
+
+    prune(
+        step["checkpoint"],
+        _config(PruneConfig, step, "config"),
+        step["output"],
+        **_inputs(step, ("train", "base_model")),
+    )
+
+
+def _export(step: dict) -> None:
+    from ..export import ExportConfig
+    from ..export import export as export_verb
+
+    export_verb(
+        step["checkpoint"],
+        step["output"],
+        _config(ExportConfig, step, "config"),
+        **_inputs(step, ("base_model",)),
+    )
+
+
+def _synthetic(step: dict) -> None:
+    from .synthetic import build
+
+    build(**step["args"])
+
+
+STEPS = {"tune": _tune, "prune": _prune, "export": _export, "synthetic": _synthetic}
+# The keys each step takes besides run and creates: the verb's inputs and its config tables.
+KEYS = {
+    "tune": {"train", "output", "eval", "test", "model", "resume", "base_model", "config", "dsee", "prune"},
+    "prune": {"checkpoint", "output", "train", "base_model", "config"},
+    "export": {"checkpoint", "output", "base_model", "config"},
+    "synthetic": {"args"},
+}
+
+
+def _inputs(step: dict, names: tuple[str, ...]) -> dict:
+    return {k: step[k] for k in names if k in step}
+
+
+def _config(cls, step: dict, key: str):
+    """The config dataclass `cls` from the step's table `key`, refusing fields it does not have."""
+    from dataclasses import fields
+
+    table = step.get(key, {})
+    unknown = sorted(set(table) - {f.name for f in fields(cls)})
+    if unknown:
+        raise DSEEError(
+            f"suite step '{step['run']}' sets {key} {unknown}, which {cls.__name__} does not have: see its fields"
+        )
+    return cls(**table)
 
 
 def load(path: str, work: Path, overrides: dict[str, str]) -> dict:
@@ -35,6 +105,12 @@ def load(path: str, work: Path, overrides: dict[str, str]) -> dict:
         if step.get("run") not in STEPS:
             raise DSEEError(
                 f"--suite '{path}' step {i + 1} runs '{step.get('run')}': use one of {', '.join(STEPS)}"
+            )
+        unknown = sorted(set(step) - KEYS[step["run"]] - {"run", "creates"})
+        if unknown:
+            raise DSEEError(
+                f"--suite '{path}' step {i + 1} ({step['run']}) has keys {unknown} it does not take: use "
+                f"{', '.join(sorted(KEYS[step['run']]))}"
             )
     if "bench" not in suite:
         raise DSEEError(f"--suite '{path}' has no [bench] table: add engines and baselines")
@@ -58,27 +134,10 @@ def _expand(value, variables: dict):
 
 def run_steps(suite: dict) -> None:
     for step in suite.get("step", []):
-        creates = step.get("creates")
+        creates = step.get("creates", step.get("output"))
         if creates and Path(creates).exists():
             print(f"[suite] {step['run']}: {creates} exists, skipped", flush=True)
             continue
-        print(f"[suite] {step['run']} {' '.join(map(str, step.get('args', [])))}", flush=True)
-        if step["run"] == "synthetic":
-            from .synthetic import build
-
-            build(**step["args"])
-            continue
-        main = _entry_point(step["run"])
-        code = main([str(a) for a in step.get("args", [])])
-        if code:
-            raise DSEEError(f"suite step '{step['run']}' failed with exit code {code}: see its message above")
-
-
-def _entry_point(name: str):
-    if name == "dsee-tune":
-        from ..cli.tune import main
-    elif name == "dsee-prune":
-        from ..cli.prune import main
-    else:
-        from ..cli.export import main
-    return main
+        shown = {k: v for k, v in step.items() if k not in ("run", "creates")}
+        print(f"[suite] {step['run']} {shown}", flush=True)
+        STEPS[step["run"]](step)

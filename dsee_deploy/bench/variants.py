@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..architectures import get_spec
 from ..errors import DSEEError
 from ..flops import encoder_flops
-from ..serve.engine import set_spin
+from ..manifest import Manifest
+from ..runtime import make_session
 
 
 @dataclass
@@ -35,9 +37,16 @@ class Variant:
     provider: str = "-"
     labels: list[str] = field(default_factory=list)
     task: str = "classification"
+    architecture: str = "bert"
+    metric: str = ""
+    positive_label: str = ""
 
     def flops(self, seq_len: int) -> int:
         return encoder_flops(self.hidden, self.head_size, self.heads, self.ffn, seq_len)
+
+    def feeds(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None) -> dict:
+        """This variant's inputs, built by its architecture's one rule."""
+        return get_spec(self.architecture).feeds(self.inputs, ids, mask, types)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,44 +59,43 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
     flag = "--baseline" if baseline else "--engine"
     if not (root / "manifest.json").is_file():
         raise DSEEError(f"{flag} '{path}' is not a dsee-export directory (no manifest.json): export it first")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = Manifest.read(root)
     config = json.loads((root / "config.json").read_text())
-    if not manifest["engine"].endswith(".onnx"):
+    if not manifest.engine.endswith(".onnx"):
         raise DSEEError(
-            f"{flag} '{path}' holds a {manifest['engine']} engine: dsee-bench times ONNX engines; pass the "
+            f"{flag} '{path}' holds a {manifest.engine} engine: dsee-bench times ONNX engines; pass the "
             f"ONNX export of the same checkpoint"
         )
-    engine = root / manifest["engine"]
-    # Manifests since format 2 record the geometry; older ones leave it to the config's own key names.
-    heads = config.get("num_attention_heads") or config.get("n_head") or config.get("n_heads")
-    hidden = (
-        manifest.get("hidden_size") or config.get("hidden_size") or config.get("n_embd") or config.get("dim")
-    )
+    engine = root / manifest.engine
+    arch = get_spec(manifest.architecture)
+    hidden = manifest.hidden_size or arch.hidden_size(config)
     return Variant(
         name=name or root.name,
         kind="onnxruntime",
-        precision=manifest.get("precision", "fp32"),
+        precision=manifest.precision,
         path=str(engine),
         root=str(root),
         baseline=baseline,
-        parameters=manifest["parameters"]["onnx"],
+        parameters=manifest.parameters["onnx"],
         size_bytes=engine.stat().st_size,
         hidden=hidden,
-        head_size=manifest.get("head_size") or hidden // heads,
-        heads=[layer["heads"] for layer in manifest["layers"]],
-        ffn=[layer["ffn"] for layer in manifest["layers"]],
-        inputs=manifest["inputs"],
+        head_size=manifest.head_size or hidden // arch.num_heads(config),
+        heads=manifest.heads,
+        ffn=manifest.ffn,
+        inputs=manifest.inputs,
         vocab=config["vocab_size"],
-        max_length=manifest.get("max_length", 128),
+        max_length=manifest.max_length,
         labels=[config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))],
-        task=manifest["task"],
+        task=manifest.task,
+        architecture=manifest.architecture,
+        metric=manifest.metric,
+        positive_label=manifest.positive_label,
     )
 
 
 def source_of(variant: Variant) -> Path:
     """The checkpoint or model directory an engine was exported from (recorded in its manifest)."""
-    manifest = json.loads((Path(variant.root) / "manifest.json").read_text())
-    return Path(manifest["source"])
+    return Path(Manifest.read(variant.root).source)
 
 
 def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:
@@ -111,12 +119,23 @@ def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:
         head_size=like.head_size,
         heads=[len(e["kept_heads"]) for e in layers] if layers else list(like.heads),
         ffn=[len(e["kept_ffn"]) for e in layers] if layers else list(like.ffn),
-        inputs=[i for i in like.inputs if i in ("input_ids", "attention_mask", "token_type_ids")],
+        inputs=[i for i in like.inputs if i in _torch_inputs(model)],
         vocab=like.vocab,
         max_length=like.max_length,
         labels=like.labels,
         task=like.task,
+        architecture=like.architecture,
+        metric=like.metric,
+        positive_label=like.positive_label,
     )
+
+
+def _torch_inputs(model) -> set[str]:
+    """The graph inputs the PyTorch model takes as it is timed (transformers makes positions itself)."""
+    import inspect
+
+    names = set(inspect.signature(model.forward).parameters)
+    return names - {"position_ids"}
 
 
 def _weights_size(source: Path, kind: str) -> int:
@@ -146,44 +165,33 @@ def load_torch(source: Path, kind: str):
 
             model = load_merged(source)[0]
         else:
-            from transformers import (
-                AutoConfig,
-                AutoModel,
-                AutoModelForCausalLM,
-                AutoModelForSequenceClassification,
-            )
+            from transformers import AutoConfig
 
-            archs = " ".join(AutoConfig.from_pretrained(source).architectures or [])
-            cls = (
-                AutoModelForSequenceClassification
-                if "ForSequenceClassification" in archs
-                else AutoModelForCausalLM
-                if "LMHead" in archs or "ForCausalLM" in archs
-                else AutoModel
-            )
+            from ..tasks import task_of_model
+
+            cls = task_of_model(AutoConfig.from_pretrained(source)).model_class()
             model = cls.from_pretrained(source, use_safetensors=True)
         _MODELS[key] = model.eval()
     return _MODELS[key]
 
 
 def runner(
-    variant: Variant, feeds: dict[str, np.ndarray], threads: int, spin_us: int
+    variant: Variant, tokens: tuple[np.ndarray, np.ndarray], threads: int, spin_us: int
 ) -> Callable[[], object]:
-    """A no-argument call that runs `variant` once on `feeds`."""
+    """A no-argument call that runs `variant` once on `tokens` (ids and mask, as feeds_for makes them)."""
+    inputs = variant.feeds(*tokens)
     if variant.kind == "onnxruntime":
         session = _session(variant.path, threads, variant.provider, spin_us)
-        names = [i.name for i in session.get_inputs()]
-        inputs = {n: feeds[n] for n in names}
         return lambda: session.run(None, inputs)
     import torch
 
     torch.set_num_threads(threads)
     model = load_torch(Path(variant.path), variant.kind)
-    inputs = {n: torch.from_numpy(feeds[n]) for n in variant.inputs}
+    tensors = {n: torch.from_numpy(v) for n, v in inputs.items()}
 
     def run():
         with torch.inference_mode():
-            return model(**inputs)
+            return model(**tensors)
 
     return run
 
@@ -192,33 +200,21 @@ _SESSIONS: dict[tuple, object] = {}
 
 
 def _session(path: str, threads: int, provider: str, spin_us: int):
-    """One session per engine, intra-op threads fixed, spinning bounded (see BenchOptions.spin_us): with ORT's
-    default spin, the pool of a session that just ran keeps the cores busy while the next variant runs."""
-    import onnxruntime as ort
-
+    """One session per engine, intra-op threads fixed, spinning bounded (see BenchConfig.spin_us; the harness
+    has checked that this onnxruntime can bound it): with ORT's default spin, the pool of a session that just
+    ran keeps the cores busy while the next variant runs."""
     key = (path, threads, provider, spin_us)
     if key not in _SESSIONS:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        set_spin(options, spin_us)  # the harness has checked that this onnxruntime can bound it
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        providers = (
-            [provider, "CPUExecutionProvider"] if provider not in ("-", "CPUExecutionProvider") else None
+        _SESSIONS[key] = make_session(
+            path, threads=threads, providers=[provider], spin_us=spin_us, sequential=True
         )
-        _SESSIONS[key] = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
     return _SESSIONS[key]
 
 
-def feeds_for(variants: list[Variant], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Token ids drawn from the vocabulary (all positions real, no padding), the same for every variant."""
+def feeds_for(variants: list[Variant], batch: int, seq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids drawn from the vocabulary, attention mask): all positions real, no padding, the same for
+    every variant."""
     rng = np.random.default_rng(seed)
     vocab = min(v.vocab for v in variants)
     ids = rng.integers(1000 if vocab > 2000 else 5, vocab, size=(batch, seq), dtype=np.int64)
-    return {
-        "input_ids": ids,
-        "attention_mask": np.ones_like(ids),
-        "token_type_ids": np.zeros_like(ids),
-        "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
-    }
+    return ids, np.ones_like(ids)

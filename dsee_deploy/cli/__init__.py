@@ -1,4 +1,8 @@
-"""Command-line entry points. Each prints a DSEEError as one line on stderr and exits with status 2."""
+"""Command-line entry points: argument parsing and a printed summary over the library's verbs.
+
+Each prints a DSEEError (bad input, a failed check) as one line on stderr and exits with its exit code (2 for
+bad input; 1 for an engine that failed its checks). Anything else is a bug: a traceback and exit status 1.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,7 @@ def run_cli(fn: Callable[[], int | None]) -> int:
         return fn() or 0
     except DSEEError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # option checks in the dataclasses' __post_init__
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

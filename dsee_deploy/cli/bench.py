@@ -1,25 +1,17 @@
 """dsee-bench: DSEE engines against dense baselines, timed side by side on this machine, with size, FLOPs and
-accuracy; writes results.json, report.md and plots."""
+the task metric; writes results.json, report.md and plots."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from ..bench.config import BenchConfig
 from ..errors import DSEEError
 from . import run_cli
-
-
-def _ints(flag: str):
-    def parse(text: str) -> list[int]:
-        try:
-            return [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, e.g. 1,8,32") from None
-
-    return parse
+from .flags import add_fields
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,32 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", help="Where a suite keeps its models and engines ({work}; default OUTPUT/work).")
     p.add_argument("--output", required=True, help="Directory for results.json, report.md and the plots.")
     p.add_argument("--overwrite", action="store_true", help="Replace earlier results in --output.")
-    p.add_argument("--batch-sizes", type=_ints("--batch-sizes"), default=None, help="Default 1,8,32.")
-    p.add_argument("--seq-lens", type=_ints("--seq-lens"), default=None, help="Default 32,128.")
-    p.add_argument(
-        "--threads", type=int, default=None, help=f"Intra-op threads (default: all {os.cpu_count()} cores)."
-    )
-    p.add_argument("--rounds", type=int, default=None, help="Interleaved rounds per shape (default 20).")
-    p.add_argument("--warmup", type=int, default=None, help="Warm-up runs per variant and shape (default 3).")
-    p.add_argument(
-        "--spin-us",
-        type=int,
-        default=None,
-        help="How long idle ONNX Runtime threads busy-wait for work, in microseconds (default 100, as "
-        "dsee-serve; 0: never). ORT's own default spins on after a run and takes the next variant's cores.",
-    )
-    p.add_argument("--eval-data", help="Labelled data (.tsv/.csv/.jsonl): accuracy of every variant.")
-    p.add_argument(
-        "--torch",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Also time PyTorch eager on the dense model and PyTorch with the DSEE branch (default on).",
-    )
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="Also profile each ONNX engine at the first shape with ONNX Runtime's profiler (time per op type).",
-    )
+    # Unset flags stay unset, so that a suite's [bench] values hold where the command line says nothing.
+    add_fields(p, BenchConfig, skip=("target_block_ms", "title"), unset=True)
     return p
 
 
@@ -79,49 +47,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..bench.harness import BenchOptions, run
-    from ..bench.report import write_json, write_markdown, write_plots
+    from ..bench.run import bench as bench_verb
 
+    args = build_parser().parse_args(argv)
     out = Path(args.output)
-    if (out / "results.json").exists() and not args.overwrite:
+    if (out / "results.json").exists() and not args.overwrite:  # before a suite trains for an hour
         raise DSEEError(f"--output '{out}' already holds results.json: pass --overwrite to replace it")
     settings: dict = {}
+    engines, baselines = args.engine, args.baseline
     if args.suite:
         from ..bench import suite as suites
 
         overrides = dict(_pair(v) for v in args.var)
-        spec = suites.load(args.suite, Path(args.work) if args.work else out / "work", overrides)
+        work = Path(args.work) if args.work else out / "work"
+        spec = suites.load(args.suite, work, overrides)
         suites.run_steps(spec)
         settings = dict(spec["bench"])
         settings.setdefault("title", spec.get("title", ""))
-    elif not args.engine or not args.baseline:
+        engines = engines or settings.pop("engines", [])
+        baselines = baselines or settings.pop("baselines", [])
+        settings.pop("engines", None), settings.pop("baselines", None)
+    elif not engines or not baselines:
         raise DSEEError("pass --engine and --baseline (dsee-export directories), or --suite FILE")
-    cli = {
-        "engines": args.engine or None,
-        "baselines": args.baseline or None,
-        "batch_sizes": args.batch_sizes,
-        "seq_lens": args.seq_lens,
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "spin_us": args.spin_us,
-        "eval_data": args.eval_data,
-        "torch_variants": args.torch,
-        "profile": args.profile or None,
-    }
-    settings.update({k: v for k, v in cli.items() if v is not None})
-    unknown = set(settings) - set(BenchOptions.__dataclass_fields__)
+    names = {f.name for f in fields(BenchConfig)}
+    unknown = set(settings) - names
     if unknown:
         raise DSEEError(f"the suite's [bench] has unknown keys {sorted(unknown)}: see dsee-bench --help")
-    options = BenchOptions(**settings)
-    results = run(options)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(results, out / "results.json")
-    write_markdown(results, out / "report.md")
-    plots = write_plots(results, out)
+    settings.update({k: v for k, v in vars(args).items() if k in names})  # the command line wins
+    bench_verb(engines, baselines, BenchConfig(**settings), output=out, overwrite=True)
     print((out / "report.md").read_text())
-    print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {', '.join(plots)}")
+    plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {plots}")
     return 0
 
 

@@ -13,11 +13,11 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import fields
 
 from ..errors import DSEEError, require_extra
 from ..serve.options import ScaleOptions, ServeOptions
 from . import run_cli
+from .flags import add_fields, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="Port to listen on.")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
     p.add_argument(
-        "--max-length", type=int, help="Truncate inputs to this many tokens (default: the model's)."
+        "--max-length",
+        type=int,
+        help="Truncate inputs to this many tokens (default: the length the model was tuned with).",
     )
-    _add_fields(p, ServeOptions)
+    add_fields(p, ServeOptions)
     p.add_argument(
         "--graceful-timeout",
         type=float,
@@ -48,23 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray = p.add_argument_group("scale-out on Ray Serve (needs the 'ray' extra)")
     ray.add_argument("--ray", action="store_true", help="Serve on Ray Serve, with replicas.")
     ray.add_argument("--ray-address", help="A running Ray cluster (default: start one on this machine).")
-    _add_fields(ray, ScaleOptions)
+    add_fields(ray, ScaleOptions)
     return p
-
-
-_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
-
-
-def _add_fields(parser, cls) -> None:
-    """One flag per dataclass field (--max-batch-size for max_batch_size), with its default and help."""
-    for f in fields(cls):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=_TYPES[f.type], default=f.default, help=f.metadata["help"]
-        )
-
-
-def _from_args(cls, args):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options, scale = _from_args(ServeOptions, args), _from_args(ScaleOptions, args)
+    options, scale = from_args(ServeOptions, args), from_args(ScaleOptions, args)
     if not args.ray and (scale.replicas is not None or scale.autoscaling):
         raise DSEEError("--replicas, --min-replicas and --max-replicas scale out on Ray Serve: add --ray")
     if not 0 <= args.port < 65536:
@@ -143,7 +130,7 @@ def _serve_on_ray(args, options: ServeOptions, scale: ScaleOptions) -> int:
         )
         serve.run(app, name="dsee", route_prefix="/", blocking=False)
         print(
-            f"serving {args.engine} on Ray Serve at http://{args.host}:{args.port}: {_describe(scale)}",
+            f"serving {args.engine} on Ray Serve at http://{args.host}:{args.port}: {scale.describe()}",
             file=sys.stderr,
         )
         stop.wait()
@@ -151,13 +138,6 @@ def _serve_on_ray(args, options: ServeOptions, scale: ScaleOptions) -> int:
         serve.shutdown()  # replicas finish their requests in flight and drain their queues
         ray.shutdown()
     return 0
-
-
-def _describe(scale: ScaleOptions) -> str:
-    if scale.autoscaling:
-        low, high = scale.bounds
-        return f"{low} to {high} replicas (autoscaling)"
-    return f"{scale.replicas or 1} replica(s)"
 
 
 if __name__ == "__main__":

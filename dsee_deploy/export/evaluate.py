@@ -1,100 +1,42 @@
 """The task metric of the PyTorch model and of ONNX engines on real texts (`dsee-export --validate-data`), with
-how often their predictions agree."""
+how often their predictions agree. Texts go through the runtime layer exactly as the served engine takes them
+(its tokenizer, the tuned max length, length buckets, the architecture's feeds)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import DSEEError
-
-BATCH = 32
+from ..data import Task
 
 
-def evaluate_engines(model, tokenizer, task, source: str, engines: dict[str, Path]) -> dict:
-    """Accuracy (classification) or Pearson x 100 (regression) on `source` for PyTorch and each engine.
-
-    `engines` maps a name ("onnx fp32", "onnx int8", ...) to a graph; each engine's predictions are compared
-    with PyTorch's and with the first engine's (the fp32 one)."""
+def evaluate_engines(model, task: Task, source: str, engines: dict[str, Path], engine_dir: Path) -> dict:
+    """The task metric (and accuracy) on `source` for PyTorch and each engine; `engines` maps a name ("onnx
+    fp32", "onnx int8", ...) to a graph whose tokenizer is in `engine_dir`."""
     import datasets
-    import onnxruntime as ort
     import torch
 
-    from ..data import encode, read_table
+    from ..architectures import get_spec
+    from ..runtime import TextEncoder, make_session
+    from ..runtime.evaluate import evaluate_runs, read_labelled
 
     datasets.disable_progress_bars()  # a few seconds of work; the CLI prints the outcome
-    if task.kind not in ("classification", "regression"):
-        raise DSEEError(
-            f"--validate-data measures classification and regression; this checkpoint is {task.kind}: drop it"
+    texts, labels = read_labelled(source, "--validate-data", task)
+    encoder = TextEncoder.from_dir(engine_dir, task.max_length)
+    spec = get_spec(model.config.model_type)
+    output = task.spec.engine_output
+    runs = {}
+    for name, path in engines.items():
+        session = make_session(path, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        runs[name] = (
+            lambda ids, mask, types, names=names: spec.feeds(names, ids, mask, types),
+            lambda feeds, session=session: session.run([output], feeds)[0],
         )
-    table = read_table(source, "--validate-data")
-    if task.text_column is None:  # a plain transformers model: no training columns recorded
-        from dataclasses import replace
 
-        from ..data import resolve_columns
-
-        text, pair, label = resolve_columns(table, source, None, None, None)
-        task = replace(task, text_column=text, text_pair_column=pair, label_column=label)
-    data = encode(table, tokenizer, task, source)
-    labels = np.asarray(data["labels"])
-    sessions = {
-        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for name, path in engines.items()
-    }
-    outputs: dict[str, list] = {"pytorch": [], **{name: [] for name in sessions}}
-    for start in range(0, len(data), BATCH):
-        rows = data[start : start + BATCH]
-        rows.pop("labels")
-        batch = _pad(tokenizer, rows)
+    def run_torch(feeds: dict):
         with torch.no_grad():
-            outputs["pytorch"].append(
-                model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-            )
-        for name, session in sessions.items():
-            feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
-            outputs[name].append(session.run(["logits"], feeds)[0])
-    preds = {name: _predictions(np.concatenate(chunks), task.kind) for name, chunks in outputs.items()}
-    first = next(iter(engines))
-    report = {
-        "data": source,
-        "examples": len(labels),
-        "metric": "accuracy" if task.kind == "classification" else "pearson",
-        "results": {},
-    }
-    for name, pred in preds.items():
-        entry = {"metric": _metric(pred, labels, task.kind)}
-        if name != "pytorch":
-            entry["agreement_with_pytorch"] = _agreement(pred, preds["pytorch"], task.kind)
-            if name != first:
-                entry[f"agreement_with_{first.replace(' ', '_')}"] = _agreement(pred, preds[first], task.kind)
-        report["results"][name] = entry
-    return report
+            return getattr(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}), output).numpy()
 
-
-def _pad(tokenizer, rows: dict) -> dict:
-    """Pad pre-tokenized rows (transformers warns that padding a fast tokenizer's output is slower than
-    tokenizing again, which does not matter for 872 sentences)."""
-    import logging
-
-    logging.disable(logging.WARNING)
-    try:
-        return tokenizer.pad(rows, return_tensors="np")
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _predictions(logits: np.ndarray, kind: str) -> np.ndarray:
-    return logits.argmax(-1) if kind == "classification" else logits.reshape(-1)
-
-
-def _metric(pred: np.ndarray, labels: np.ndarray, kind: str) -> float:
-    if kind == "classification":
-        return float((pred == labels).mean() * 100)
-    return float(np.corrcoef(pred, labels)[0, 1] * 100)
-
-
-def _agreement(a: np.ndarray, b: np.ndarray, kind: str) -> str:
-    """Same class (classification), or within 0.01 (regression), as "k/n"."""
-    same = a == b if kind == "classification" else np.abs(a - b) <= 0.01
-    return f"{int(same.sum())}/{same.size}"
+    graph_inputs = runs[next(iter(runs))][0]  # PyTorch takes what the graph takes
+    report = evaluate_runs(texts, labels, task, encoder, {"pytorch": (graph_inputs, run_torch), **runs})
+    return {"data": source, **report}

@@ -7,21 +7,17 @@ import logging
 import warnings
 from pathlib import Path
 
-TASKS = {
-    "classification": "text-classification",
-    "regression": "text-classification",
-    "causal-lm": "text-generation",
-    "feature-extraction": "feature-extraction",
-}
 
-
-def export_onnx(model, tokenizer, kind: str, out: Path, opset: int = 17) -> Path:
-    """Write `out`/model.onnx (dynamic batch and sequence axes) with the tokenizer and config beside it."""
+def export_onnx(model, tokenizer, task, out: Path, opset: int = 17) -> Path:
+    """Write `out`/model.onnx (dynamic batch and sequence axes) with the tokenizer and config beside it.
+    `task` is the TaskSpec; a feature-extraction export is of the encoder inside the sentence encoder."""
     import torch
     from optimum.exporters.onnx import onnx_export_from_model
 
     model.eval()
-    if kind == "causal-lm":
+    if task.pooled:
+        model = model.encoder
+    if task.language_model:
         model.config.use_cache = False  # no KV cache yet: one graph, full sequence in, logits out
     # optimum logs every step at INFO; the CLI reports what matters itself.
     previous = logging.getLogger("optimum").level
@@ -31,7 +27,12 @@ def export_onnx(model, tokenizer, kind: str, out: Path, opset: int = 17) -> Path
             # The tracer warns about constants in transformers' mask code; validation checks the result instead.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             onnx_export_from_model(
-                model, out, task=TASKS[kind], opset=opset, do_validation=False, preprocessors=[tokenizer]
+                model,
+                out,
+                task=task.exporter_task,
+                opset=opset,
+                do_validation=False,
+                preprocessors=[tokenizer],
             )
     finally:
         logging.getLogger("optimum").setLevel(previous)

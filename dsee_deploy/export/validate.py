@@ -7,31 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DSEEError
 
-class ValidationError(Exception):
+
+class ValidationError(DSEEError):
     """The engine does not compute what the PyTorch model computes; the message is a table of failures."""
 
 
 SHAPES = ((1, 7), (2, 16), (4, 33))  # (batch, sequence): odd sizes, and other than anything traced
-
-
-def _inputs(session, vocab: int, batch: int, seq: int, rng: np.random.Generator) -> dict:
-    ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
-    mask = np.ones((batch, seq), dtype=np.int64)
-    mask[1:, seq - seq // 3 :] = 0  # right padding on all but the first row
-    feeds = {}
-    for spec in session.get_inputs():
-        if spec.name == "input_ids":
-            feeds[spec.name] = ids
-        elif spec.name == "attention_mask":
-            feeds[spec.name] = mask
-        elif spec.name == "token_type_ids":
-            feeds[spec.name] = np.zeros_like(ids)
-        elif spec.name == "position_ids":
-            feeds[spec.name] = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
-        else:
-            raise ValidationError(f"the engine asks for an input this validator does not know: {spec.name}")
-    return feeds
 
 
 def validate_onnx(
@@ -43,11 +26,15 @@ def validate_onnx(
     `atol=None` checks names and shapes only and records the differences: an int8 or fp16 engine is judged by
     prediction agreement and the task metric instead. `agreement` records how often the argmax of each
     position's logits matches PyTorch's."""
-    import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from ..architectures import get_spec
+    from ..runtime import make_session
+
+    session = make_session(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    spec = get_spec(model.config.model_type)
     failures: list[tuple[str, str, str, str]] = []
     if list(names) != list(expected_outputs):
         failures.append(("outputs", f"names {names}", f"expected {list(expected_outputs)}", "-"))
@@ -56,7 +43,10 @@ def validate_onnx(
     results = []
     model.eval()
     for batch, seq in SHAPES:
-        feeds = _inputs(session, vocab, batch, seq, rng)
+        ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
+        mask = np.ones((batch, seq), dtype=np.int64)
+        mask[1:, seq - seq // 3 :] = 0  # right padding on all but the first row
+        feeds = spec.feeds(inputs, ids, mask)
         got = dict(zip(names, session.run(None, feeds), strict=True))
         with torch.no_grad():
             ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})

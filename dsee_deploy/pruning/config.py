@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..architectures import TARGETS
+from ..errors import ConfigError, DSEEError
 from .importance import STRUCTURED, UNSTRUCTURED
 
 FORMAT_VERSION = 1
@@ -13,28 +14,45 @@ SCOPES = ("global", "layer")
 
 @dataclass
 class PruneConfig:
-    heads: float = field(default=0.0, metadata={"help": "Fraction of all attention heads to remove."})
-    ffn: float = field(default=0.0, metadata={"help": "Fraction of all FFN neurons to remove."})
+    heads: float = field(
+        default=0.0, metadata={"help": "Fraction of all attention heads to remove.", "flag": "--prune-heads"}
+    )
+    ffn: float = field(
+        default=0.0, metadata={"help": "Fraction of all FFN neurons to remove.", "flag": "--prune-ffn"}
+    )
     unstructured: float = field(
-        default=0.0, metadata={"help": "Fraction of weights to zero in the chosen matrices."}
+        default=0.0, metadata={"help": "Fraction of weights to zero.", "flag": "--prune-unstructured"}
     )
     importance: str = field(
         default="",
-        metadata={"help": "abs, wabs or taylor; empty: taylor for structured, wabs for unstructured."},
+        metadata={
+            "help": "Scores: abs (|update|), wabs (|W + update|), taylor (|dL/dgate|, structured only). "
+            "Default: taylor for heads/FFN, wabs for unstructured.",
+            "choices": STRUCTURED,
+        },
     )
     scope: str = field(
         default="global",
         metadata={
-            "help": "global: rank across layers (non-uniform result); layer: the same ratio in every layer."
+            "help": "global: one ranking across layers (layers end up different); layer: same ratio per layer.",
+            "flag": "--prune-scope",
+            "choices": SCOPES,
         },
     )
     unstructured_modules: tuple[str, ...] = field(
         default=TARGETS,
-        metadata={"help": "Projections unstructured pruning applies to (default: every linear)."},
+        metadata={"help": "Projections unstructured pruning applies to.", "flag": "--prune-modules"},
     )
-    min_heads: int = field(default=0, metadata={"help": "Heads every layer keeps at least."})
+    min_heads: int = field(
+        default=0, metadata={"help": "Heads every layer keeps at least (0: may lose all)."}
+    )
     min_ffn: int = field(default=0, metadata={"help": "FFN neurons every layer keeps at least."})
-    taylor_samples: int = field(default=512, metadata={"help": "Training examples for taylor importance."})
+    taylor_samples: int = field(
+        default=512, metadata={"help": "Training examples scored for taylor importance."}
+    )
+    flops_seq_len: int = field(
+        default=128, metadata={"help": "Sequence length of the FLOPs in pruning.json."}
+    )
 
     def __post_init__(self) -> None:
         self.unstructured_modules = tuple(self.unstructured_modules)
@@ -45,20 +63,22 @@ class PruneConfig:
         ):
             value = getattr(self, name)
             if not 0 <= value < 1:
-                raise ValueError(f"{flag} must be in [0, 1), got {value}: it is the fraction to remove")
+                raise ConfigError(f"{flag} must be in [0, 1), got {value}: it is the fraction to remove")
         if self.importance and self.importance not in STRUCTURED:
-            raise ValueError(f"--importance must be one of {', '.join(STRUCTURED)}, got '{self.importance}'")
+            raise ConfigError(f"--importance must be one of {', '.join(STRUCTURED)}, got '{self.importance}'")
         if self.unstructured and self.importance == "taylor":
-            raise ValueError(
+            raise ConfigError(
                 f"--importance taylor scores heads and neurons; unstructured pruning takes {UNSTRUCTURED}"
             )
         if self.scope not in SCOPES:
-            raise ValueError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+            raise ConfigError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         unknown = sorted(set(self.unstructured_modules) - set(TARGETS))
         if unknown:
-            raise ValueError(f"unknown unstructured modules {unknown}: choose from {', '.join(TARGETS)}")
-        if self.min_heads < 0 or self.min_ffn < 0 or self.taylor_samples < 1:
-            raise ValueError("--min-heads and --min-ffn must be >= 0, --taylor-samples >= 1")
+            raise ConfigError(f"unknown unstructured modules {unknown}: choose from {', '.join(TARGETS)}")
+        if self.min_heads < 0 or self.min_ffn < 0 or self.taylor_samples < 1 or self.flops_seq_len < 1:
+            raise ConfigError(
+                "--min-heads and --min-ffn must be >= 0, --taylor-samples and --flops-seq-len >= 1"
+            )
 
     @property
     def structured(self) -> bool:
@@ -83,5 +103,16 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PruneConfig:
-        data = {k: v for k, v in data.items() if k != "format_version"}
+        data = dict(data)
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise DSEEError(
+                f"pruning config format version {version} is not supported by this dsee-deploy (it reads "
+                f"version {FORMAT_VERSION}): upgrade dsee-deploy or prune again with dsee-prune"
+            )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise DSEEError(
+                f"pruning config has unknown fields {unknown}: was it written by a newer dsee-deploy?"
+            )
         return cls(**data)

@@ -11,7 +11,8 @@ package needs neither, and never imports torch or transformers.
 
 from __future__ import annotations
 
-from .engine import Engine, plan_buckets
+from ..runtime import plan_buckets
+from .engine import Engine
 from .options import ScaleOptions, ServeOptions
 
 

@@ -139,12 +139,12 @@ class Metrics:
 def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     """A FastAPI app serving `engine`: /v1/predict (or /v1/embed), /v1/model, /healthz, /readyz, /metrics."""
     options = options or ServeOptions()
-    if engine.task not in ("classification", "regression", "feature-extraction"):
+    endpoint = engine.manifest.spec.verb
+    if not endpoint:
         raise DSEEError(
             f"engine '{engine.path}' is a {engine.task} engine: dsee-serve serves classification, regression "
             f"and feature-extraction engines; text generation is not served by this version"
         )
-    endpoint = "embed" if engine.task == "feature-extraction" else "predict"
 
     def run(inputs: list) -> list:  # one batch, in the batcher's thread
         if endpoint == "embed":
@@ -224,7 +224,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             "max_length": engine.max_length,
             **asdict(options),
         }
-        return {**engine.manifest, "serving": serving}
+        return {**engine.manifest.to_dict(), "serving": serving}
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
+
 
 @dataclass
 class ServeOptions:
@@ -32,11 +34,11 @@ class ServeOptions:
     def __post_init__(self):
         for name in ("max_batch_size", "max_inputs", "max_chars"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)}: pass 1 or more")
+                raise ConfigError(f"{name} = {getattr(self, name)}: pass 1 or more")
         if self.spin_us < 0:
-            raise ValueError(f"spin_us = {self.spin_us}: pass 0 or more")
+            raise ConfigError(f"spin_us = {self.spin_us}: pass 0 or more")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms = {self.max_wait_ms}: pass 0 or more")
+            raise ConfigError(f"max_wait_ms = {self.max_wait_ms}: pass 0 or more")
 
 
 @dataclass
@@ -59,25 +61,31 @@ class ScaleOptions:
     def __post_init__(self):
         if self.autoscaling:
             if self.replicas is not None:
-                raise ValueError(
+                raise ConfigError(
                     "replicas is a fixed count and min/max replicas autoscale: pass --replicas, or "
                     "--min-replicas and --max-replicas, not both"
                 )
             if self.bounds[0] < 0 or self.bounds[1] < max(self.bounds[0], 1):
-                raise ValueError(
+                raise ConfigError(
                     f"min_replicas = {self.min_replicas}, max_replicas = {self.max_replicas}: pass "
                     f"0 <= min <= max, max >= 1"
                 )
         elif self.replicas is not None and self.replicas < 1:
-            raise ValueError(f"replicas = {self.replicas}: pass 1 or more")
+            raise ConfigError(f"replicas = {self.replicas}: pass 1 or more")
         if self.replica_cpus <= 0:
-            raise ValueError(f"replica_cpus = {self.replica_cpus}: pass a positive number")
+            raise ConfigError(f"replica_cpus = {self.replica_cpus}: pass a positive number")
 
     @property
     def bounds(self) -> tuple[int, int]:
         """(min, max) replicas when autoscaling; an unset bound defaults to 1, or to the other bound."""
         low = 1 if self.min_replicas is None else self.min_replicas
         return low, max(low, 1) if self.max_replicas is None else self.max_replicas
+
+    def describe(self) -> str:
+        if self.autoscaling:
+            low, high = self.bounds
+            return f"{low} to {high} replicas (autoscaling)"
+        return f"{self.replicas or 1} replica(s)"
 
     @property
     def autoscaling(self) -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
-from ..errors import DSEEError
+from ..errors import ConfigError, DSEEError
 
 FORMAT_VERSION = 1
 SPARSE_INITS = ("grebsmo", "magnitude", "random")
@@ -21,13 +21,17 @@ class DSEEConfig:
         metadata={"help": "N, trainable sparse entries per targeted matrix (0 turns the sparse part off)."},
     )
     target_modules: tuple[str, ...] = field(
-        default=("query", "value"),
-        metadata={"help": "Logical projections to tune: query, key, value, attn_out, ffn_in, ffn_out."},
+        default=(),
+        metadata={
+            "help": "Logical projections to tune, from query, key, value, attn_out, ffn_in, ffn_out (default: "
+            "the architecture's, query and value for every registered one)."
+        },
     )
     sparse_init: str = field(
         default="grebsmo",
         metadata={
-            "help": "How to choose the sparse support: grebsmo (residual of a low-rank fit), magnitude, random."
+            "help": "How to choose the sparse support: grebsmo (residual of a low-rank fit), magnitude, random.",
+            "choices": SPARSE_INITS,
         },
     )
     grebsmo_rank: int = field(
@@ -44,19 +48,29 @@ class DSEEConfig:
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
         if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.num_sparse < 0:
-            raise ValueError(f"num_sparse must be >= 0, got {self.num_sparse}")
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one projection, e.g. ('query', 'value')")
+            raise ConfigError(f"num_sparse must be >= 0, got {self.num_sparse}")
+        from ..architectures import TARGETS
+
+        unknown = [t for t in self.target_modules if t not in TARGETS]
+        if unknown:
+            raise ConfigError(
+                f"unknown target module '{unknown[0]}': expected some of {', '.join(TARGETS)} "
+                f"(e.g. --target-modules query,value)"
+            )
         if self.sparse_init not in SPARSE_INITS:
-            raise ValueError(
+            raise ConfigError(
                 f"sparse_init must be one of {', '.join(SPARSE_INITS)}, got '{self.sparse_init}'"
             )
         if self.grebsmo_rank < 1:
-            raise ValueError(f"grebsmo_rank must be >= 1, got {self.grebsmo_rank}")
+            raise ConfigError(f"grebsmo_rank must be >= 1, got {self.grebsmo_rank}")
+
+    def for_architecture(self, spec) -> DSEEConfig:
+        """This config with the architecture's default target modules where it names none."""
+        return replace(self, target_modules=self.target_modules or spec.default_targets)
 
     @property
     def scaling(self) -> float:

@@ -30,6 +30,7 @@ def inject_dsee(
     Freezes the base model; the caller decides what else trains (the task head).
     """
     spec = spec or get_spec(model.config.model_type)
+    config = config.for_architecture(spec)
     for p in model.base_model.parameters():
         p.requires_grad_(False)
     for i, block in enumerate(spec.blocks(model)):

@@ -1,0 +1,72 @@
+"""`dsee_deploy.bench`: DSEE engines timed side by side with dense baselines on this machine, with size, FLOPs
+bounds and the task metric; optionally written as results.json, report.md and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DSEEError
+from .config import BenchConfig
+
+
+@dataclass
+class BenchResults:
+    """A dsee-bench run: `data` is results.json (schema dsee-bench/1, see bench/report.py)."""
+
+    data: dict
+    output: Path | None = None
+
+    def speedup(
+        self, variant: str, baseline: str | None = None, batch: int | None = None, seq: int | None = None
+    ) -> float:
+        """The median speed-up of `variant` against `baseline` (default: the primary one) at a shape (default:
+        the first measured)."""
+        baseline = baseline or self.data["primary_baseline"]
+        rows = [s for s in self.data["speedups"] if s["variant"] == variant and s["baseline"] == baseline]
+        rows = [
+            s for s in rows if (batch is None or s["batch"] == batch) and (seq is None or s["seq"] == seq)
+        ]
+        if not rows:
+            raise DSEEError(f"no speed-up of '{variant}' against '{baseline}' at that shape in these results")
+        return rows[0]["median"]
+
+    def metric(self, variant: str) -> dict | None:
+        """The variant's task metric and accuracy (with eval_data)."""
+        return self.data.get("accuracy", {}).get(variant)
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def bench(
+    engines: list[str | Path],
+    baselines: list[str | Path],
+    config: BenchConfig | None = None,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+) -> BenchResults:
+    """Time `engines` against `baselines` (dsee-export directories, PATH or NAME=PATH; the first baseline is
+    the primary one). With `output`, writes results.json, report.md and the plots there."""
+    from .harness import run
+
+    config = config or BenchConfig()
+    out = Path(output) if output is not None else None
+    if out is not None and (out / "results.json").exists() and not overwrite:
+        raise DSEEError(f"--output '{out}' already holds results.json: pass --overwrite to replace it")
+    # Paths or "NAME=PATH" strings.
+    results = BenchResults(run([str(e) for e in engines], [str(b) for b in baselines], config), out)
+    if out is not None:
+        write(results, out)
+    return results
+
+
+def write(results: BenchResults, out: Path) -> list[str]:
+    """results.json, report.md and the plots; the names of the files written."""
+    from .report import write_json, write_markdown, write_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results.data, out / "results.json")
+    write_markdown(results.data, out / "report.md")
+    return ["results.json", "report.md", *write_plots(results.data, out)]

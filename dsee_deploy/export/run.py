@@ -1,0 +1,248 @@
+"""`dsee_deploy.export`: a DSEE checkpoint (or a plain transformers model directory) to a validated engine.
+
+Each stage is a function that returns its piece of the Manifest; format and precision are registered handlers
+(export/formats.py). A failed check writes the manifest with everything known up to it and `status: failed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from pathlib import Path
+
+from ..errors import DSEEError, require_extra
+from ..manifest import Manifest
+from .config import ExportConfig
+from .formats import FORMATS, PRECISIONS
+from .source import Source, load_source
+
+
+class ExportFailed(DSEEError):
+    """A check of the engine failed; its manifest (status failed) was saved for inspection. Exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, manifest: Manifest):
+        super().__init__(message)
+        self.manifest = manifest
+
+
+def export(
+    checkpoint: str | Path,
+    output: str | Path,
+    config: ExportConfig | None = None,
+    *,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Merge, shrink, export, fuse, validate, reduce precision and evaluate `checkpoint` into `output`.
+
+    Returns the engine's Manifest (also written as `output`/manifest.json). Raises DSEEError for bad input
+    (before anything slow) and ExportFailed when the engine does not match PyTorch or loses too much metric.
+    """
+    config = config or ExportConfig()
+    fmt = FORMATS[config.format]
+    fmt.check(config)
+    require_extra("export", "onnx", "optimum.exporters.onnx")
+    require_extra("tune", "torch", "transformers", "safetensors")
+    from ..checkpoint import check_output_dir, prepare_output_dir
+
+    src = Path(checkpoint)
+    target = fmt.target(Path(output), config, src)
+    check_output_dir(target, overwrite)
+    inside = target.resolve()
+    if inside == src.resolve() or src.resolve() in inside.parents or inside in src.resolve().parents:
+        raise DSEEError(
+            f"--output '{target}' is, holds or lies inside the checkpoint '{src}': export to another directory"
+        )
+    if config.validate_data and not Path(config.validate_data).is_file():
+        raise DSEEError(f"--validate-data file '{config.validate_data}' does not exist: check the path")
+    started = time.perf_counter()
+    source = load_source(src, config, base_model)
+    if config.validate_data and not source.task.spec.labelled:
+        raise DSEEError(
+            f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
+        )
+    out = prepare_output_dir(target, overwrite)
+    manifest = describe(source, config)
+    try:
+        _stages(source, config, out, manifest)
+    except DSEEError as exc:
+        manifest.status, manifest.error = "failed", str(exc)
+        manifest.write(out)
+        if isinstance(exc, ExportFailed):
+            raise
+        raise ExportFailed(str(exc), manifest) from exc
+    manifest.export_seconds = time.perf_counter() - started
+    manifest.files = _hashes(out)
+    manifest.write(out)
+    return manifest
+
+
+def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest) -> None:
+    """Export, optimize, validate, reduce precision, evaluate, finish the format: each records into `manifest`."""
+    from . import export_onnx, onnx_parameter_count
+    from .pooling import add_sentence_embedding
+
+    task = source.task
+    path = export_onnx(source.model, source.tokenizer, task.spec, out, config.opset)
+    if task.spec.pooled:  # feature extraction: the pooling is appended to the graph
+        add_sentence_embedding(path, task.pooling, task.normalize)
+    manifest.inputs, manifest.outputs = graph_io(path)
+    if config.optimize and FORMATS[config.format].optimizes:
+        manifest.optimization = optimize(path, source, config.fuse_skip_layernorm())
+    if config.validate:
+        manifest.validation = validate(source, path, config.atol, agreement=False)
+    precision = PRECISIONS[config.precision]
+    engines = {"onnx fp32": path}
+    if precision.reduced:
+        fp32 = out / "model.fp32.onnx"
+        path.replace(fp32)
+        engines = {"onnx fp32": fp32, f"onnx {precision.name}": path}
+        manifest.quantization = precision.convert(fp32, path)
+        if config.validate:
+            manifest.validation_reduced = {
+                **validate(source, path, None, agreement=True),
+                "note": f"an {precision.name} engine is judged by prediction agreement and the task metric "
+                f"(--validate-data), not by the fp32 atol; max |diff| is recorded for information",
+            }
+    if config.validate_data:
+        manifest.validate_data = evaluate(source, config, engines, out)
+        if manifest.validate_data.get("passed") is False:
+            data = manifest.validate_data
+            raise DSEEError(
+                f"the onnx {precision.name} engine loses {data['drop']:.2f} points of {data['metric']} against "
+                f"fp32 on {config.validate_data} (--max-metric-drop {config.max_metric_drop}): keep fp32, or "
+                f"allow more"
+            )
+    if precision.reduced:
+        engines["onnx fp32"].unlink()
+    manifest.parameters["onnx"] = onnx_parameter_count(path)
+    FORMATS[config.format].finish(path, out, config, manifest)
+
+
+def describe(source: Source, config: ExportConfig) -> Manifest:
+    """Everything known before the export: source, task, geometry, FLOPs, versions."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from ..architectures import get_spec
+    from ..pruning import encoder_flops
+    from ..pruning.gates import structure_sizes
+
+    model, task, pruning = source.model, source.task, source.pruning
+    spec = get_spec(model.config.model_type)
+    n_heads, hidden = spec.num_heads(model.config), spec.hidden_size(model.config)
+    if pruning:
+        layers = [
+            {
+                "heads": len(e["kept_heads"]),
+                "kept_heads": e["kept_heads"],
+                "ffn": len(e["kept_ffn"]),
+                "sparsity": e.get("sparsity", {}),
+            }
+            for e in pruning["layers"]
+        ]
+        flops = pruning["flops"]
+    else:
+        n_layers, _, width = structure_sizes(model, spec)  # read from the modules, not from config keys
+        layers = [{"heads": n_heads, "ffn": width, "sparsity": {}} for _ in range(n_layers)]
+        dense = encoder_flops(hidden, hidden // n_heads, [n_heads] * n_layers, [width] * n_layers, 128)
+        flops = {"seq_len": 128, "encoder_dense": dense, "encoder_pruned": dense, "encoder_ratio": 1.0}
+    features = task.spec.pooled
+    return Manifest(
+        source=str(source.path.resolve()),
+        task=task.kind,
+        architecture=model.config.model_type,
+        max_length=task.max_length,  # what the model was tuned with: serving and evaluation truncate there
+        format=config.format,
+        precision=config.precision,
+        opset=config.opset,
+        hidden_size=hidden,
+        head_size=hidden // n_heads,
+        layers=layers,
+        parameters={"torch": sum(p.numel() for p in model.parameters())},
+        flops=flops,
+        versions={
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        metric=task.metric,
+        positive_label=task.positive_label,
+        pooling=task.pooling if features else None,
+        normalize=task.normalize if features else None,
+    )
+
+
+def graph_io(path: Path) -> tuple[list[str], list[str]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [i.name for i in graph.input], [o.name for o in graph.output]
+
+
+def validate(source: Source, path: Path, atol: float | None, agreement: bool) -> dict:
+    from .validate import validate_onnx
+
+    return validate_onnx(source.model, path, atol, source.task.spec.outputs, agreement=agreement)
+
+
+def evaluate(source: Source, config: ExportConfig, engines: dict, out: Path) -> dict:
+    """The task metric on --validate-data, and for a reduced precision its drop against fp32 (`passed`: within
+    --max-metric-drop)."""
+    from .evaluate import evaluate_engines
+
+    report = evaluate_engines(source.model, source.task, config.validate_data, engines, out)
+    names = list(engines)
+    if len(names) > 1:
+        drop = report["results"][names[0]]["metric"] - report["results"][names[1]]["metric"]
+        report.update(
+            drop=drop, max_metric_drop=config.max_metric_drop, passed=drop <= config.max_metric_drop
+        )
+    return report
+
+
+def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
+    """Fuse the graph and say whether Attention fused in every layer that still has heads."""
+    from ..architectures import get_spec
+    from .optimize import optimize_for_cpu
+
+    spec = get_spec(source.model.config.model_type)
+    fused = optimize_for_cpu(path, spec.ort_model_type, fuse_skip_layernorm)
+    guarded = fused.pop("ResidualLayerNormalization", 0)
+    n_layers = len(spec.blocks(source.model))
+    pruning = source.pruning
+    with_heads = sum(1 for e in pruning["layers"] if e["kept_heads"]) if pruning else n_layers
+    attention = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
+    if attention == with_heads:
+        note = f"Attention fused in all {with_heads} layers that keep heads"
+    else:
+        note = (
+            f"Attention fused in {attention} of the {with_heads} layers that keep heads: ONNX Runtime's "
+            f"{spec.ort_model_type} fusion did not match the others' subgraph; they run unfused (correct, slower)"
+        )
+    if guarded:
+        note += (
+            f"; {guarded} residual Add + LayerNormalization kept apart (ONNX Runtime's CPU SkipLayerNormalization "
+            f"kernel is slower; --skip-layernorm fuse for GPU)"
+        )
+    return {
+        "applied": True,
+        "ort_model_type": spec.ort_model_type,
+        "fused": fused,
+        "skip_layernorm": "fused" if fuse_skip_layernorm else f"unfused ({guarded} guarded)",
+        "layers_with_heads": with_heads,
+        "note": note,
+    }
+
+
+def _hashes(out: Path) -> dict:
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }

@@ -1,0 +1,113 @@
+"""What an export starts from: a DSEE checkpoint (merged, shrunk, in fp32) or a plain transformers model
+directory (the dense baseline), with its tokenizer, its task and its pruning record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..data import Task
+from ..errors import DSEEError
+from ..tasks import FeatureExtraction, get_task, task_of_model
+
+
+@dataclass
+class Source:
+    path: Path
+    model: Any  # a transformers model, or the sentence encoder around one (feature extraction)
+    tokenizer: Any
+    task: Task
+    pruning: dict | None
+
+
+def load_source(src: Path, config, base_model: str | None = None) -> Source:
+    """The model as tuned (merged, shrunk, in fp32), its tokenizer, task and pruning record."""
+    from ..checkpoint import CONFIG_FILE, load_merged, read_checkpoint_info, read_pruning
+    from .pooling import pooling_of, sentence_encoder
+
+    if not (src / "config.json").is_file():
+        raise DSEEError(
+            f"'{src}' is neither a dsee-tune checkpoint nor a transformers model directory (no config.json)"
+        )
+    if (src / CONFIG_FILE).is_file():
+        info = read_checkpoint_info(src)
+        model, tokenizer = load_merged(src, base_model)
+        task, pruning = Task.from_dict(info["task"]), read_pruning(src)
+        base_dir = _local_dir(base_model or info["base_model"]["name_or_path"])
+    else:
+        model, tokenizer, task = _load_plain(src, config.task)
+        pruning, base_dir = None, src
+    features = get_task(FeatureExtraction.kind)
+    if config.task == features.kind or task.spec is features:
+        pooling, normalize = pooling_of(base_dir)
+        pooling = pooling if config.pooling == "auto" else config.pooling
+        normalize = normalize if config.normalize is None else config.normalize
+        model = sentence_encoder(model.base_model, pooling, normalize)
+        task = Task(
+            kind=features.kind,
+            max_length=task.max_length,
+            pooling=pooling,
+            normalize=normalize,
+            label_names=[],
+        )
+    return Source(src, model, tokenizer, task, pruning)
+
+
+def _local_dir(name_or_path: str) -> Path | None:
+    """The base model's directory, where it is local (its sentence-transformers config sets the pooling)."""
+    from ..models import resolve_model
+
+    try:
+        path = Path(resolve_model(name_or_path))
+    except DSEEError:
+        return None
+    return path if path.is_dir() else None
+
+
+def _load_plain(src: Path, requested: str):
+    from transformers import AutoConfig
+
+    from ..architectures import get_spec
+    from ..models import load_tokenizer
+
+    config = AutoConfig.from_pretrained(src)
+    arch = get_spec(config.model_type)
+    spec = get_task(requested) if requested != "auto" else task_of_model(config)
+    try:
+        model = spec.model_class().from_pretrained(src, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise DSEEError(
+            f"could not load '{src}' ({str(exc).splitlines()[0]}): it needs model.safetensors"
+        ) from exc
+    tokenizer = load_tokenizer(str(src))
+    names = []
+    if spec.labelled and not spec.continuous_labels:
+        names = [str(config.id2label[i]) for i in range(config.num_labels)]
+        if names == [f"LABEL_{i}" for i in range(len(names))]:  # transformers' defaults: the data says 0, 1
+            names = [str(i) for i in range(len(names))]
+    task = Task(kind=spec.kind, label_names=names, max_length=_tuned_length(src, tokenizer, arch, config))
+    if spec.labelled:  # dsee-tune --full-finetune records the metric it selected by
+        recorded = _metrics(src).get("metric")
+        task = replace(task, metric=recorded) if recorded in spec.metrics else task
+    return model.eval(), tokenizer, task
+
+
+def _tuned_length(src: Path, tokenizer, arch, config) -> int:
+    """The length a dsee-tune --full-finetune output was tuned with (metrics.json); for any other model the
+    tokenizer's limit, within the model's positions."""
+    recorded = _metrics(src).get("max_length")
+    if isinstance(recorded, int) and recorded > 1:
+        return recorded
+    positions = arch.max_positions(config)
+    limit = getattr(tokenizer, "model_max_length", positions) or positions
+    return int(min(limit, positions))
+
+
+def _metrics(src: Path) -> dict:
+    path = src / "metrics.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,56 @@
+"""What dsee-export prints about an engine it wrote, from its Manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..manifest import Manifest
+from .validate import max_diff
+
+
+def summarize(manifest: Manifest, out: Path) -> str:
+    """What dsee-export prints: the fusions, the engine and its checks, the task metric on --validate-data."""
+    lines = []
+    fusion = manifest.optimization
+    if fusion.get("applied"):
+        fused = ", ".join(f"{op} {n}" for op, n in fusion["fused"].items()) or "nothing"
+        lines.append(f"fused: {fused}; {fusion['note']}")
+    validation = manifest.validation
+    checked = (
+        "skipped"
+        if validation.get("skipped")
+        else (f"passed, max |diff| {max_diff(validation):.2e} <= {validation['atol']:.0e}")
+    )
+    lines.append(
+        f"saved {out / manifest.engine}: {manifest.parameters['onnx']:,} parameters in the graph "
+        f"({manifest.parameters['torch']:,} in the PyTorch model); fp32 validation {checked}; "
+        f"{manifest.export_seconds:.1f} s"
+    )
+    if manifest.tensorrt:
+        lines.append(
+            "the TensorRT plan itself was not run here: the ONNX graph it was built from is what was validated"
+        )
+    reduced = manifest.validation_reduced
+    if reduced:
+        agree = [c["argmax_agreement"] for c in reduced["checks"] if "argmax_agreement" in c]
+        lines.append(
+            f"{manifest.precision}: max |diff| {max_diff(reduced):.2e} against PyTorch (not judged by --atol)"
+            + (f"; argmax agreement {', '.join(agree)} on the validation shapes" if agree else "")
+        )
+    data = manifest.validate_data
+    if data:
+        rows = "; ".join(
+            f"{name} {r['metric']:.2f}"
+            + "".join(f", {k.replace('_', ' ')} {_number(v)}" for k, v in r.items() if k != "metric")
+            for name, r in data["results"].items()
+        )
+        lines.append(f"{data['metric']} on {data['examples']} examples of {data['data']}: {rows}")
+        if "drop" in data:
+            lines.append(
+                f"{manifest.precision} drop {data['drop']:+.2f} points (limit {data['max_metric_drop']})"
+            )
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

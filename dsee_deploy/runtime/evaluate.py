@@ -1,0 +1,48 @@
+"""Scoring runs on labelled texts: the task's metric (the one that selected the checkpoint) and accuracy, and
+how often the runs agree with each other. Shared by dsee-export --validate-data and dsee-bench --eval-data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..data import Task, labelled_texts
+from .text import TextEncoder, run_texts
+
+BATCH = 32  # as the engine's default batch_size: evaluation batches texts as serving does
+
+
+def read_labelled(source: str, flag: str, task: Task) -> tuple[list, np.ndarray]:
+    """(texts or pairs, label ids) of a labelled file, in the task's columns (GLUE names where the task
+    records none) and label ids."""
+    from ..data import read_table
+
+    return labelled_texts(read_table(source, flag), task, source, flag)
+
+
+def evaluate_runs(
+    texts: list,
+    labels: np.ndarray,
+    task: Task,
+    encoder: TextEncoder,
+    runs: dict[str, tuple[Callable, Callable]],
+) -> dict:
+    """Per run name: the task metric and accuracy (classification) on `texts`; `runs` maps a name to
+    (feeds builder, run), both as runtime.run_texts takes them. Every run after the first records its
+    agreement with the first; after the second, with the second too (PyTorch, then the fp32 engine)."""
+    spec = task.spec
+    predictions = {
+        name: spec.predictions(run_texts(texts, encoder, feeds, run, BATCH))
+        for name, (feeds, run) in runs.items()
+    }
+    names = list(predictions)
+    results = {}
+    for i, (name, pred) in enumerate(predictions.items()):
+        entry = {"metric": spec.score(task.metric, pred, labels, task.positive)}
+        if spec.labelled and task.label_names:
+            entry["accuracy"] = spec.score("accuracy", pred, labels)
+        for other in names[: min(i, 2)]:
+            entry[f"agreement_with_{other.replace(' ', '_')}"] = spec.agreement(pred, predictions[other])
+        results[name] = entry
+    return {"examples": len(labels), "metric": task.metric, "results": results}

@@ -1,0 +1,225 @@
+"""Every fact about a task, in one registry of small specs keyed by the task's kind.
+
+A spec says which transformers head class the task loads, what optimum's exporter calls it, which outputs the
+graph has and which of them the engine reads, what the engine returns for them, and how it is scored. Nothing
+outside this file compares task kinds: code asks the spec (`get_task(kind).labelled`, `.answer(...)`).
+numpy only: the serving engine reads the registry without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import DSEEError
+
+
+class TaskSpec:
+    """Facts about one task. Subclass, set the class attributes, decorate with `@register`."""
+
+    kind: str = ""
+    head: str = "AutoModel"  # the transformers Auto class of the model
+    exporter_task: str = ""  # optimum's task name
+    outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, in order
+    engine_output: str = "logits"  # the output the engine reads
+    labelled: bool = False  # has labels: --validate-data, dsee-bench --eval-data and the metric gate apply
+    metrics: tuple[str, ...] = ()  # what training reports; the first is the default selection metric
+    verb: str = ""  # the Engine method and HTTP route that serve it ("predict", "embed"); "" if not served
+    greater_is_better: bool = True
+    language_model: bool = False  # trains on blocks of text (no labels), collated for next-token prediction
+    problem_type: str | None = None  # transformers' config.problem_type for the head
+    continuous_labels: bool = False  # labels are numbers (regression), not class names
+    pooled: bool = False  # the graph appends a pooled sentence embedding to the encoder's states
+    # Substrings of config.architectures that say a plain transformers model was saved with this task's head.
+    architectures: tuple[str, ...] = ()
+
+    @property
+    def default_metric(self) -> str:
+        return self.metrics[0] if self.metrics else ""
+
+    def check_metric(self, metric: str) -> str:
+        """`metric`, or the task's default where empty; refused where the task has no such metric."""
+        metric = metric or self.default_metric
+        if metric not in self.metrics:
+            raise DSEEError(
+                f"--metric '{metric}' does not apply to {self.kind}: choose one of {', '.join(self.metrics)}"
+            )
+        return metric
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.head)
+
+    def model_matches(self, config) -> bool:
+        """Whether a plain transformers model with `config` carries this task's head."""
+        names = " ".join(getattr(config, "architectures", None) or [])
+        return any(a in names for a in self.architectures)
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        """What a metric compares with the labels: class ids or values, one per input."""
+        raise DSEEError(f"{self.kind} engines have no predictions to score")
+
+    def answer(self, values: np.ndarray, labels: Sequence[str]) -> list:
+        """What the engine returns for the graph output `values` of n inputs."""
+        return values
+
+    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+        """`metric` x 100 of predictions against labels (`positive`: the class binary F1 is computed for)."""
+        raise DSEEError(f"{self.kind} has no metric {metric!r}")
+
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
+        same = a == b
+        return f"{int(same.sum())}/{same.size}"
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register(cls: type[TaskSpec]) -> type[TaskSpec]:
+    _REGISTRY[cls.kind] = cls()
+    return cls
+
+
+def get_task(kind: str) -> TaskSpec:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise DSEEError(f"unknown task '{kind}': expected one of {', '.join(_REGISTRY)}") from None
+
+
+def task_kinds() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def task_of_model(config) -> TaskSpec:
+    """The task of a plain transformers model, from the head it was saved with; a bare encoder (BertModel, ...)
+    is good for embeddings."""
+    for spec in _REGISTRY.values():
+        if spec.model_matches(config):
+            if spec.kind == Classification.kind and int(getattr(config, "num_labels", 2)) == 1:
+                return _REGISTRY[Regression.kind]
+            return spec
+    return _REGISTRY[FeatureExtraction.kind]
+
+
+@register
+class Classification(TaskSpec):
+    kind = "classification"
+    head = "AutoModelForSequenceClassification"
+    exporter_task = "text-classification"
+    labelled = True
+    metrics = ("accuracy", "f1", "matthews_correlation")
+    verb = "predict"
+    problem_type = "single_label_classification"
+    architectures = ("ForSequenceClassification",)
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        return values.argmax(-1)
+
+    def answer(self, values: np.ndarray, labels: Sequence[str]) -> list[dict]:
+        """Per input {"label", "score", "scores": {label: probability}}: the softmax of the logits."""
+        z = values.astype(np.float64)
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(
+                {"label": labels[best], "score": row[best], "scores": dict(zip(labels, row, strict=True))}
+            )
+        return out
+
+    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+        # Written with numpy, not scikit-learn: the engine and dsee-bench run without the 'tune' extra. The
+        # formulas are scikit-learn's (binary F1 of `positive`, macro F1 above two classes, Matthews' phi).
+        p, y = np.asarray(predictions).reshape(-1), np.asarray(labels).reshape(-1)
+        if metric == "accuracy":
+            return float((p == y).mean() * 100)
+        classes = np.union1d(p, y)
+        if metric == "f1":
+            targets = [positive] if len(classes) <= 2 else classes
+            return float(np.mean([_f1(p == c, y == c) for c in targets]) * 100)
+        if metric == "matthews_correlation":
+            return float(_matthews(p, y, classes) * 100)
+        return super().score(metric, predictions, labels, positive)
+
+
+@register
+class Regression(TaskSpec):
+    kind = "regression"
+    head = "AutoModelForSequenceClassification"
+    exporter_task = "text-classification"
+    labelled = True
+    metrics = ("pearson", "spearman")
+    verb = "predict"
+    problem_type = "regression"
+    continuous_labels = True
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1)
+
+    def answer(self, values: np.ndarray, labels: Sequence[str]) -> list[dict]:
+        return [{"value": v} for v in values[:, 0].astype(np.float64).tolist()]
+
+    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+        p, y = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
+        if metric == "spearman":
+            p, y = _ranks(p), _ranks(y)
+        elif metric != "pearson":
+            return super().score(metric, predictions, labels, positive)
+        return float(np.corrcoef(p, y)[0, 1] * 100)
+
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
+        """Within 0.01 of each other, as "k/n"."""
+        same = np.abs(a - b) <= 0.01
+        return f"{int(same.sum())}/{same.size}"
+
+
+@register
+class CausalLM(TaskSpec):
+    kind = "causal-lm"
+    head = "AutoModelForCausalLM"
+    exporter_task = "text-generation"
+    metrics = ("loss", "perplexity")
+    greater_is_better = False
+    language_model = True
+    architectures = ("LMHead", "ForCausalLM")
+
+
+@register
+class FeatureExtraction(TaskSpec):
+    kind = "feature-extraction"
+    head = "AutoModel"
+    exporter_task = "feature-extraction"
+    outputs = ("last_hidden_state", "sentence_embedding")
+    engine_output = "sentence_embedding"
+    verb = "embed"
+    pooled = True
+
+
+def _f1(pred: np.ndarray, true: np.ndarray) -> float:
+    tp = float((pred & true).sum())
+    denominator = float(pred.sum() + true.sum())
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def _matthews(p: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    confusion = np.zeros((len(classes), len(classes)))
+    np.add.at(confusion, ([index[v] for v in y.tolist()], [index[v] for v in p.tolist()]), 1)
+    t, q = confusion.sum(1), confusion.sum(0)  # true and predicted counts per class
+    c, s = np.trace(confusion), confusion.sum()
+    denominator = np.sqrt((s * s - q @ q) * (s * s - t @ t))
+    return float((c * s - t @ q) / denominator) if denominator else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as scipy.stats.rankdata), for Spearman's correlation."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, ranks)
+    return (sums / np.bincount(inverse))[inverse]

@@ -1,0 +1,133 @@
+"""Options of a tuning run (data, training, re-tuning after pruning): one dataclass, each field with its help
+text (dsee-tune's flags are made from them). DSEE's own options are DSEEConfig, pruning's PruneConfig."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ConfigError
+
+FORMAT_VERSION = 1
+TASK_CHOICES = ("auto", "classification", "regression", "causal-lm")
+
+
+@dataclass
+class TuneConfig:
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: causal-lm for .txt, regression for non-integer labels, classification otherwise.",
+            "choices": TASK_CHOICES,
+            "group": "data and model",
+        },
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text column (default: GLUE names such as sentence, sentence1).",
+            "group": "data and model",
+        },
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Second text column for sentence pairs.", "group": "data and model"}
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "Label column (default: label, Quality or score).", "group": "data and model"},
+    )
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "Maximum tokens per example; engines truncate there too.",
+            "group": "data and model",
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples.", "group": "data and model"}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N evaluation examples.", "group": "data and model"},
+    )
+    epochs: float = field(default=2.0, metadata={"help": "Training epochs.", "group": "training"})
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Stop after N optimizer steps (overrides --epochs).", "group": "training"},
+    )
+    batch_size: int = field(
+        default=32, metadata={"help": "Training batch size per device.", "group": "training"}
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate, linear warm-up then decay (default 1e-3 for DSEE, 5e-5 with "
+            "--full-finetune).",
+            "group": "training",
+        },
+    )
+    warmup_ratio: float = field(
+        default=0.06, metadata={"help": "Fraction of steps spent warming up.", "group": "training"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "group": "training"})
+    metric: str = field(
+        default="",
+        metadata={
+            "help": "Metric that picks the best checkpoint (default: the task's); recorded in the checkpoint, "
+            "carried over by --resume, and reported by dsee-export and dsee-bench.",
+            "group": "training",
+        },
+    )
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seed for data order, dropout and DSEE's initialisation.", "group": "training"},
+    )
+    full_finetune: bool = field(
+        default=False,
+        metadata={
+            "help": "Train every weight instead (the baseline DSEE is compared with); writes a plain "
+            "transformers model.",
+            "group": "training",
+        },
+    )
+    retune_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs of tuning after pruning (default: --epochs).",
+            "group": "re-tuning after pruning",
+        },
+    )
+    distill: bool = field(
+        default=False,
+        metadata={
+            "help": "Re-tune with distillation from the unpruned model.",
+            "group": "re-tuning after pruning",
+        },
+    )
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the distillation loss.", "group": "re-tuning after pruning"}
+    )
+    distill_temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature for distillation.", "group": "re-tuning after pruning"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_CHOICES:
+            raise ConfigError(f"--task must be one of {', '.join(TASK_CHOICES)}, got '{self.task}'")
+        if self.max_length < 8:
+            raise ConfigError(f"--max-length {self.max_length} is too short: pass at least 8")
+        if self.epochs < 0:
+            raise ConfigError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or (5e-5 if self.full_finetune else 1e-3)
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}

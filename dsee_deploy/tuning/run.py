@@ -1,0 +1,318 @@
+"""`dsee_deploy.tune`: tune a pre-trained transformer with DSEE (or fine-tune it fully, the baseline), optionally
+prune it and re-tune, and save the checkpoint.
+
+Stages, each a function: read the data (`read_data`), start from a base model (`start`) or a checkpoint
+(`resume`), train (`Session.train`), prune (`Session.prune`), save (`Session.save`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import DSEEError, require_extra
+from .config import DSEEConfig
+from .options import TuneConfig
+
+
+@dataclass
+class Data:
+    """A run's task and a function from a tokenizer to its (train, eval, test) datasets."""
+
+    task: Any  # data.Task
+    encode_all: Callable
+
+
+@dataclass
+class Run:
+    """What a tuning run carries from stage to stage."""
+
+    model: Any
+    tokenizer: Any
+    task: Any  # data.Task
+    dsee: DSEEConfig | None  # None: full fine-tuning
+    base: dict  # base model reference and sha256
+    pruning: dict | None  # pruning.json record, when pruned
+    masks: dict | None  # unstructured masks, when pruned that way
+    source: str  # where the model came from, for the summary line
+
+
+def tune(
+    train: str,
+    output: str | Path,
+    *,
+    eval: str | None = None,
+    test: str | None = None,
+    model: str | None = None,
+    resume: str | Path | None = None,
+    base_model: str | None = None,
+    config: TuneConfig | None = None,
+    dsee: DSEEConfig | None = None,
+    prune: Any = None,
+    overwrite: bool = False,
+):
+    """Tune `model` (default: the packaged all-MiniLM-L6-v2) on `train` with DSEE, selecting on `eval` each
+    epoch, and save the checkpoint to `output`; `test` is evaluated once at the end. `resume` continues from a
+    dsee-tune / dsee-prune checkpoint (its model, DSEE config, task and metric, pruning). `prune` (a
+    PruneConfig) prunes after tuning and re-tunes. Returns the CheckpointInfo."""
+    require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from ..checkpoint import check_output_dir
+    from ..models import DEFAULT_MODEL
+    from ..pruning import PruneConfig
+
+    started = time.perf_counter()
+    config, dsee, prune = config or TuneConfig(), dsee or DSEEConfig(), prune or PruneConfig()
+    if config.distill and not prune.any:
+        raise DSEEError("--distill recovers accuracy after pruning: pass a --prune-* ratio with it")
+    if config.full_finetune and (prune.any or resume):
+        raise DSEEError(
+            "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
+        )
+    # Check everything cheap before anything slow: options, the output, the model's architecture, the data.
+    check_output_dir(output, overwrite)
+    if resume:
+        run, data = resume_run(resume, base_model, train, eval, test, config)
+    else:
+        run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
+    session = Session(run, config, prune)
+    return session.execute(data, Path(output), overwrite, started, {"train": train, "eval": eval})
+
+
+def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig, fixed_task=None) -> Data:
+    """The task (inferred from the training data, or `fixed_task` when resuming) and how to encode it."""
+    from ..data import Task, encode, infer_kind, label_names_of, read_table, resolve_columns
+    from ..tasks import CausalLM, Classification, get_task
+
+    kind = config.task
+    if kind == "auto" and Path(train).suffix.lower() == ".txt":
+        kind = CausalLM.kind
+    train_raw = read_table(train, "--train", "train")
+    eval_raw = read_table(eval, "--eval", "validation") if eval else None
+    test_raw = read_table(test, "--test", "test") if test else None
+    if config.max_train_samples:
+        train_raw = train_raw.select(range(min(config.max_train_samples, len(train_raw))))
+    if eval_raw is not None and config.max_eval_samples:
+        eval_raw = eval_raw.select(range(min(config.max_eval_samples, len(eval_raw))))
+    if fixed_task is not None:
+        task = replace(fixed_task, metric=config.metric) if config.metric else fixed_task
+    elif kind != "auto" and get_task(kind).language_model:
+        task = Task(
+            kind=kind, text_column=config.text_column, max_length=config.max_length, metric=config.metric
+        )
+    else:
+        text, pair, label = resolve_columns(
+            train_raw, train, config.text_column, config.text_pair_column, config.label_column
+        )
+        kind = infer_kind(train_raw, label) if kind == "auto" else kind
+        names = label_names_of(train_raw, label) if kind == Classification.kind else []
+        task = Task(kind, text, pair, label, names, config.max_length, metric=config.metric)
+    splits = ((train_raw, train), (eval_raw, eval), (test_raw, test))
+    return Data(
+        task,
+        lambda tok: tuple(encode(raw, tok, task, src) if raw is not None else None for raw, src in splits),
+    )
+
+
+def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConfig) -> tuple[Run, Data]:
+    from ..architectures import get_spec
+    from ..models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
+    from . import inject_dsee, train_head
+
+    model_path = resolve_model(model_name)
+    spec = get_spec(load_config(model_path).model_type)
+    dsee = replace(dsee, seed=config.seed).for_architecture(spec)
+    for target in dsee.target_modules:
+        spec.site(target)  # unknown target names fail before the model loads
+    data = read_data(train, eval, test, config)
+    model_config = load_config(model_path, data.task)
+    tokenizer = load_tokenizer(model_path)
+    model, loading = load_model(model_path, model_config, data.task)
+    # A local base is recorded by absolute path so that the checkpoint loads from any working directory.
+    base_ref = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
+    base = {"name_or_path": base_ref, "sha256": base_weights_sha256(model, loading["missing_keys"])}
+    if not config.full_finetune:
+        inject_dsee(model, dsee, spec)
+        train_head(model, loading["missing_keys"])
+    run = Run(
+        model, tokenizer, data.task, None if config.full_finetune else dsee, base, None, None, model_name
+    )
+    return run, data
+
+
+def resume_run(checkpoint, base_model, train, eval, test, config: TuneConfig) -> tuple[Run, Data]:
+    from ..checkpoint import MASKS_FILE, load_dsee
+    from ..data import Task
+    from ..pruning import load_masks
+
+    model, tokenizer, info = load_dsee(checkpoint, base_model)
+    trainable = set(info["trainable"])
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    data = read_data(train, eval, test, config, fixed_task=Task.from_dict(info["task"]))
+    masks_file = Path(checkpoint) / MASKS_FILE
+    masks = load_masks(masks_file) if masks_file.is_file() else None
+    dsee = DSEEConfig.from_dict(info["dsee"])
+    run = Run(model, tokenizer, data.task, dsee, info["base_model"], info["pruning"], masks, str(checkpoint))
+    return run, data
+
+
+class Session:
+    """One tuning run: train, prune and re-tune, evaluate, save. Holds the last Trainer, which also evaluates."""
+
+    def __init__(self, run: Run, config: TuneConfig, prune):
+        self.run, self.config, self.prune_config = run, config, prune
+        self.trainer = None
+        self.steps = self.wall = 0.0
+
+    def execute(self, data: Data, output: Path, overwrite: bool, started: float, sources: dict):
+        from ..checkpoint import prepare_output_dir
+        from ..tuning import count_parameters
+
+        run, config = self.run, self.config
+        trainable, total = count_parameters(run.model)
+        _log(
+            f"{'full fine-tuning' if run.dsee is None else 'DSEE'}: {run.model.config.model_type} from "
+            f"{run.source}, {run.task.kind}{f' with labels {run.task.label_names}' if run.task.label_names else ''}; "
+            f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
+        )
+        self.train_ds, self.eval_ds, self.test_ds = data.encode_all(run.tokenizer)
+        out = prepare_output_dir(output, overwrite)
+        self.work = out / "trainer"
+        metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
+        if config.epochs > 0:  # --epochs 0: straight to pruning (e.g. with --resume of a tuned checkpoint)
+            self.train(config.epochs)
+        if self.prune_config.any:
+            metrics.update(self.prune_and_retune())
+        metrics.update(self.summary())
+        from ..training import finish
+
+        finish(self.work)
+        run.model.eval()
+        metrics["total_wall_time_s"] = time.perf_counter() - started
+        return self.save(out, metrics, sources)
+
+    def train(self, epochs: float, teacher=None) -> None:
+        from ..training import build_trainer
+
+        c = self.config
+        trainer = build_trainer(
+            self.run.model,
+            self.run.tokenizer,
+            self.train_ds,
+            self.eval_ds,
+            self.run.task,
+            replace(c, epochs=epochs),
+            self.work,
+            teacher,
+            c.distill_alpha,
+            c.distill_temperature,
+        )
+        result = trainer.train()
+        self.steps += result.global_step
+        self.wall += result.metrics["train_runtime"]
+        self.trainer = trainer
+
+    def evaluate(self, prefix: str, ds) -> dict:
+        from ..training import add_perplexity, build_trainer
+
+        run = self.run
+        if self.trainer is None:  # nothing trained (e.g. --epochs 0 and no re-tuning): evaluate as it is
+            self.trainer = build_trainer(
+                run.model, run.tokenizer, self.train_ds, self.eval_ds, run.task, self.config, self.work
+            )
+        scores = self.trainer.evaluate(ds, metric_key_prefix=prefix)
+        return add_perplexity(scores) if run.task.spec.language_model else scores
+
+    def prune_and_retune(self) -> dict:
+        """Prune (taylor scores on the training data where asked), then re-tune; what it records in metrics."""
+        from ..pruning import format_report, prune_model
+        from ..training import importance_batches
+
+        run, config, prune = self.run, self.config, self.prune_config
+        metrics: dict = {}
+        if self.eval_ds is not None:
+            before = {k: v for k, v in self.evaluate("eval", self.eval_ds).items() if k.startswith("eval_")}
+            if self.test_ds is not None:
+                before.update(self.evaluate("test", self.test_ds))
+            metrics["before_pruning"] = before
+        teacher = copy.deepcopy(run.model) if config.distill else None
+        batches = None
+        if prune.structured and prune.structured_importance() == "taylor":
+            batches = importance_batches(
+                self.train_ds, run.tokenizer, run.task, prune.taylor_samples, config.batch_size
+            )
+        run.pruning, new_masks = prune_model(
+            run.model, prune, batches, run.pruning, seq_len=prune.flops_seq_len
+        )
+        run.masks = {**(run.masks or {}), **new_masks} or None
+        _log(format_report(run.pruning))
+        if self.test_ds is not None:  # what re-tuning has to recover
+            metrics["after_pruning"] = {
+                k: v for k, v in self.evaluate("test", self.test_ds).items() if k.startswith("test_")
+            }
+        retune = config.retune_epochs if config.retune_epochs is not None else config.epochs
+        if retune > 0:
+            self.train(retune, teacher)
+        metrics["pruning"] = {
+            "flops_ratio": run.pruning["flops"]["encoder_ratio"],
+            **run.pruning["parameters"],
+        }
+        return metrics
+
+    def summary(self) -> dict:
+        from ..tuning import count_parameters
+
+        run, c = self.run, self.config
+        trainable, total = count_parameters(run.model)
+        metrics = {
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "trainable_percent": 100 * trainable / total,
+            "train_examples": len(self.train_ds),
+            "train_steps": int(self.steps),
+            "train_wall_time_s": self.wall,
+            "train_step_time_s": self.wall / max(self.steps, 1),
+            "learning_rate": c.learning_rate,
+            "epochs": c.epochs,
+            "batch_size": c.batch_size,
+            "max_length": run.task.max_length,
+            "metric": run.task.metric,
+        }
+        for prefix, ds in (("eval", self.eval_ds), ("test", self.test_ds)):
+            if ds is not None:
+                metrics.update(self.evaluate(prefix, ds))
+        return metrics
+
+    def save(self, out: Path, metrics: dict, sources: dict):
+        from ..checkpoint import METRICS_FILE, CheckpointInfo, save_checkpoint
+
+        run = self.run
+        if run.dsee is None:  # full fine-tuning: a plain transformers model
+            run.model.save_pretrained(out)
+            run.tokenizer.save_pretrained(out)
+            (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        else:  # save_checkpoint writes metrics.json with the rest
+            data = {k: str(Path(v).resolve()) for k, v in sources.items() if v and Path(v).exists()}
+            save_checkpoint(
+                out,
+                run.model,
+                run.tokenizer,
+                run.dsee,
+                run.task,
+                run.base,
+                metrics,
+                pruning=run.pruning,
+                masks=run.masks,
+                extra={"data": data},
+            )
+        return CheckpointInfo(out, run.task, metrics, run.dsee, run.pruning, int(self.steps), self.wall)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
