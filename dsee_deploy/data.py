@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import DSEEError
-from .tasks import get_task
+from .tasks import Classification, Regression, get_task
 
 # (text, pair) column names of GLUE-style files, tried in order; pairs first so that `question`/`sentence`
 # (QNLI) wins over a lone `sentence`.
@@ -29,7 +29,7 @@ _READERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".t
 class Task:
     """What the model learns and how its data is laid out; saved in the checkpoint."""
 
-    kind: str = "classification"
+    kind: str = Classification.kind
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -136,8 +136,8 @@ def infer_kind(ds, label: str) -> str:
     values = ds[label][:1000]
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         if any(isinstance(v, float) and not float(v).is_integer() for v in values):
-            return "regression"
-    return "classification"
+            return Regression.kind
+    return Classification.kind
 
 
 def label_names_of(ds, label: str) -> list[str]:

@@ -21,7 +21,15 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+import dsee_deploy.pruning.prune as prune_module
+from dsee_deploy import load_dsee
 from dsee_deploy.architectures import get_spec
+from dsee_deploy.checkpoint import prepare_output_dir, save_checkpoint
+from dsee_deploy.data import Task
+from dsee_deploy.models import base_weights_sha256, load_config, load_model, load_tokenizer
+from dsee_deploy.pruning import PruneConfig, prune_model
+from dsee_deploy.tasks import CausalLM, Classification
+from dsee_deploy.tuning import DSEEConfig, dsee_layers, inject_dsee, train_head
 
 WORDS = (
     "the a film movie story plot actor actress scene music was is it this that and but very so "
@@ -183,6 +191,17 @@ def sst_like(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+# Tolerance of comparing logits of two fp32 computations of one function in another order (merged against
+# unmerged, shrunk against masked, reloaded against in memory): the weights differ by one fp32 rounding each
+# (W + s·BA is not W then + s·BA), which moves tiny-model logits by ~1e-7; 1e-5 leaves room, and a wrong merge,
+# mask or slice moves them by 1e-2 and more.
+SAME_FUNCTION = {"atol": 1e-5, "rtol": 0}
+
+
+# dsee-tune flags for a run of seconds on the tiny models: what the CLI tests train with.
+FAST = ["--max-steps", "4", "--batch-size", "8", "--max-length", "24"]
+
+
 def run_cli(fn, argv, capsys) -> tuple[int, str, str]:
     """Run a CLI entry point in-process: (exit code, stdout, stderr)."""
     code = fn([str(a) for a in argv])
@@ -193,3 +212,66 @@ def run_cli(fn, argv, capsys) -> tuple[int, str, str]:
 def batch_for(tokenizer) -> dict:
     texts = ["the film was good", "a very long and dull movie but the music was great", "bad"]
     return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+# --- checkpoints made in memory, shared by the test files ---------------------------------------------------
+
+
+def randomize_updates(model, seed=0):
+    """Trained-looking updates: B and S are zero at init, which would make merge tests vacuous."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in dsee_layers(model):
+            for u in layer.updates.values():
+                u.lora_B.copy_(torch.randn(u.lora_B.shape, generator=gen) * 0.1)
+                u.sparse_values.copy_(torch.randn(u.sparse_values.shape, generator=gen))
+
+
+def make_checkpoint(model_type: str, base, out, seed: int = 0):
+    """A checkpoint with random (trained-looking) updates, and the in-memory model it was saved from."""
+    task = (
+        Task(CausalLM.kind)
+        if get_spec(model_type).decoder
+        else Task(Classification.kind, "sentence", None, "label", ["neg", "pos"])
+    )
+    config = load_config(str(base), task)
+    model, info = load_model(str(base), config, task)
+    sha = base_weights_sha256(model, info["missing_keys"])
+    dsee = DSEEConfig(rank=4, alpha=8, num_sparse=6, seed=seed)
+    inject_dsee(model, dsee)
+    train_head(model, info["missing_keys"])
+    randomize_updates(model, seed)
+    tok = load_tokenizer(str(base))
+    out = prepare_output_dir(out, overwrite=False)
+    save_checkpoint(out, model, tok, dsee, task, {"name_or_path": str(base), "sha256": sha}, {})
+    return model.eval(), tok
+
+
+# One layer keeps 2 of 4 heads and 16 of 48 neurons, the other nothing: a layer pruned away whole.
+LAYOUT = [{"kept_heads": [0, 2], "kept_ffn": list(range(0, 48, 3))}, {"kept_heads": [], "kept_ffn": []}]
+
+
+def save_pruned(tmp_path, model, tok, record, masks):
+    """Save a model pruned in memory as a checkpoint beside the dense one it came from (tmp_path / 'dense')."""
+    info = load_dsee(tmp_path / "dense")[2]
+    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
+    dsee, task = DSEEConfig.from_dict(info["dsee"]), Task.from_dict(info["task"])
+    save_checkpoint(out, model, tok, dsee, task, info["base_model"], {}, pruning=record, masks=masks)
+    return out
+
+
+@pytest.fixture
+def pruned_bert(tiny_bases, tmp_path, monkeypatch):
+    """A tiny BERT checkpoint: layer 0 keeps 2 of 4 heads and 16 of 48 neurons, layer 1 nothing."""
+    model, tok = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
+    layouts = iter([[e["kept_heads"] for e in LAYOUT], [e["kept_ffn"] for e in LAYOUT]])
+    monkeypatch.setattr(prune_module, "keep_structured", lambda *a, **k: next(layouts))
+    return save_pruned(
+        tmp_path, model, tok, *prune_model(model, PruneConfig(heads=0.5, ffn=0.5, importance="wabs"))
+    )
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    rows = [(text, ["neg", "pos"][label]) for text, label in sentences(64, seed=3)]
+    return write_tsv(tmp_path / "labelled.tsv", ["sentence", "label"], rows)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIGS, sentences, write_tsv
-from test_checkpoint import make_checkpoint
+from conftest import TINY_CONFIGS, make_checkpoint, sentences, write_tsv
 
 import dsee_deploy as dd
 from dsee_deploy.architectures import get_spec

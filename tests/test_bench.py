@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_export_targets import labelled, pruned_bert  # noqa: F401  (fixtures)
 
 import dsee_deploy as dd
 from dsee_deploy.cli.bench import main as bench
@@ -17,7 +16,7 @@ from dsee_deploy.flops import encoder_flops
 
 
 @pytest.fixture
-def engines(pruned_bert, tmp_path):  # noqa: F811
+def engines(pruned_bert, tmp_path):
     """dense (the unpruned checkpoint), pruned, pruned-int8: real dsee-export directories."""
     out = {}
     for name, src, config in (
@@ -45,7 +44,7 @@ def test_bench_verb_returns_the_results_it_writes(engines, tmp_path):
         dd.bench([engines["pruned"]], [engines["dense"]], config, output=tmp_path / "b")
 
 
-def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tmp_path, capsys):  # noqa: F811
+def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tmp_path, capsys):
     out = tmp_path / "bench"
     argv = [
         "--baseline", f"dense={engines['dense']}", "--engine", f"pruned={engines['pruned']}",
@@ -99,7 +98,7 @@ def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tm
     assert code == 2 and "--overwrite" in err
 
 
-def test_suite_runs_its_steps_then_the_bench(pruned_bert, tmp_path, capsys):  # noqa: F811
+def test_suite_runs_its_steps_then_the_bench(pruned_bert, tmp_path, capsys):
     suite = tmp_path / "suite.toml"
     suite.write_text(
         f"""
@@ -197,7 +196,7 @@ def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
         assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
 
 
-def test_bench_takes_plain_model_exports_and_triton_entries(pruned_bert, tiny_bases, tmp_path, capsys):  # noqa: F811
+def test_bench_takes_plain_model_exports_and_triton_entries(pruned_bert, tiny_bases, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     plain = tmp_path / "plain"

@@ -6,37 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, batch_for, build_base
-from test_tuning import _randomize_updates
+from conftest import SAME_FUNCTION, TINY_CONFIGS, batch_for, build_base, make_checkpoint
 
 from dsee_deploy import load_dsee, load_merged
-from dsee_deploy.architectures import get_spec
-from dsee_deploy.checkpoint import ADAPTER_FILE, CONFIG_FILE, prepare_output_dir, save_checkpoint
-from dsee_deploy.data import Task
+from dsee_deploy.checkpoint import ADAPTER_FILE, CONFIG_FILE
 from dsee_deploy.errors import DSEEError
-from dsee_deploy.models import base_weights_sha256, load_config, load_model, load_tokenizer
-from dsee_deploy.tasks import CausalLM, Classification
-from dsee_deploy.tuning import DSEEConfig, dsee_layers, inject_dsee, train_head
-
-
-def make_checkpoint(model_type: str, base, out, seed: int = 0):
-    """A checkpoint with random (trained-looking) updates, and the in-memory model it was saved from."""
-    task = (
-        Task(CausalLM.kind)
-        if get_spec(model_type).decoder
-        else Task(Classification.kind, "sentence", None, "label", ["neg", "pos"])
-    )
-    config = load_config(str(base), task)
-    model, info = load_model(str(base), config, task)
-    sha = base_weights_sha256(model, info["missing_keys"])
-    dsee = DSEEConfig(rank=4, alpha=8, num_sparse=6, seed=seed)
-    inject_dsee(model, dsee)
-    train_head(model, info["missing_keys"])
-    _randomize_updates(model, seed)
-    tok = load_tokenizer(str(base))
-    out = prepare_output_dir(out, overwrite=False)
-    save_checkpoint(out, model, tok, dsee, task, {"name_or_path": str(base), "sha256": sha}, {})
-    return model.eval(), tok
+from dsee_deploy.tuning import dsee_layers
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
@@ -47,10 +22,10 @@ def test_checkpoint_reloads_to_the_same_outputs_unmerged_and_merged(model_type, 
         expected = model(**batch).logits
         reloaded, _, info = load_dsee(tmp_path / "ckpt")
         assert info["architecture"] == model_type and list(dsee_layers(reloaded))
-        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(reloaded(**batch).logits, expected, **SAME_FUNCTION)
         merged, tok2 = load_merged(tmp_path / "ckpt")
         assert not list(dsee_layers(merged)) and type(merged).__module__.startswith("transformers.")
-        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, expected, **SAME_FUNCTION)
     assert tok2(["the film"])["input_ids"] == tok(["the film"])["input_ids"]
 
 

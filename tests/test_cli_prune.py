@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
-from test_cli_tune import FAST
+from conftest import FAST, SAME_FUNCTION, run_cli
 
 from dsee_deploy import load_dsee, load_merged
 from dsee_deploy.checkpoint import MASKS_FILE, PRUNING_FILE
@@ -73,7 +72,7 @@ def test_tune_prune_retune_in_one_command_with_distillation(tiny_bases, sst_like
     merged, _ = load_merged(out)
     batch = tok(["the film was good", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, **SAME_FUNCTION)
 
 
 def test_prune_then_resume_then_report(tuned, sst_like, tmp_path, capsys):

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, sentences, write_tsv
+from conftest import FAST, SAME_FUNCTION, run_cli, sentences, write_tsv
 
 from dsee_deploy import load_dsee, load_merged
 from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.tuning import dsee_layers
-
-FAST = ["--max-steps", "4", "--batch-size", "8", "--max-length", "24"]
 
 
 def run(argv, capsys) -> tuple[int, str]:
@@ -61,7 +59,7 @@ def test_tune_writes_a_checkpoint_that_loads_merged(tiny_bases, sst_like, tmp_pa
     merged, _ = load_merged(out)
     batch = tok(["the film was good", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, **SAME_FUNCTION)
     assert merged.config.id2label == {0: "0", 1: "1"}
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_CONFIGS
-from test_checkpoint import make_checkpoint
-from test_pruning import LAYOUT, save_pruned
+from conftest import LAYOUT, TINY_CONFIGS, make_checkpoint, save_pruned
 
 import dsee_deploy.pruning.prune as prune_module
 from dsee_deploy import load_merged

@@ -12,32 +12,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import TINY_CONFIGS, run_cli, sentences, write_tsv
-from test_checkpoint import make_checkpoint
-from test_pruning import LAYOUT, save_pruned
+from conftest import TINY_CONFIGS, make_checkpoint, run_cli
 
-import dsee_deploy.pruning.prune as prune_module
 from dsee_deploy.cli.export import main as export
-from dsee_deploy.pruning import PruneConfig, prune_model
+from dsee_deploy.runtime import make_session
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-
-
-@pytest.fixture
-def pruned_bert(tiny_bases, tmp_path, monkeypatch):
-    """A tiny BERT checkpoint: layer 0 keeps 2 of 4 heads and 16 of 48 neurons, layer 1 nothing."""
-    model, tok = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
-    layouts = iter([[e["kept_heads"] for e in LAYOUT], [e["kept_ffn"] for e in LAYOUT]])
-    monkeypatch.setattr(prune_module, "keep_structured", lambda *a, **k: next(layouts))
-    return save_pruned(
-        tmp_path, model, tok, *prune_model(model, PruneConfig(heads=0.5, ffn=0.5, importance="wabs"))
-    )
-
-
-@pytest.fixture
-def labelled(tmp_path):
-    rows = [(text, ["neg", "pos"][label]) for text, label in sentences(64, seed=3)]
-    return write_tsv(tmp_path / "labelled.tsv", ["sentence", "label"], rows)
 
 
 def _manifest(path) -> dict:
@@ -105,19 +85,20 @@ def test_feature_extraction_from_a_bare_encoder(tiny_bases, tmp_path, capsys):
     manifest = _manifest(out)
     assert manifest["task"] == "feature-extraction" and manifest["pooling"] == "mean"
     assert manifest["outputs"] == ["last_hidden_state", "sentence_embedding"]
-    session = ort.InferenceSession(str(out / "model.onnx"))
+    session = make_session(out / "model.onnx")
     ids = np.array([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     hidden, pooled = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * ids})
     # Mean over the real tokens only: padding must not move the embedding.
     expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    assert np.allclose(pooled, expected, atol=1e-5)
+    assert np.allclose(pooled, expected, atol=1e-5)  # fp32 sums over 5 tokens in ORT's order and numpy's
     from transformers import AutoModel
 
     with torch.no_grad():
         ref = AutoModel.from_pretrained(tiny_bases["bert"])(
             input_ids=torch.from_numpy(ids[1:, :3])
         ).last_hidden_state
+    # the graph's padded row against PyTorch on the unpadded tokens: the fp32 validation's tolerance
     assert np.allclose(pooled[1], ref.mean(1)[0].numpy(), atol=1e-4)
 
 
@@ -129,12 +110,12 @@ def test_feature_extraction_of_a_checkpoint_with_cls_pooling(pruned_bert, tmp_pa
     manifest = _manifest(out)
     assert (manifest["pooling"], manifest["normalize"]) == ("cls", True)
     assert manifest["validation"]["passed"]  # against the PyTorch encoder with the same pooling
-    session = ort.InferenceSession(str(out / "model.onnx"))
+    session = make_session(out / "model.onnx")
     ids = np.array([[2, 7, 8, 3]], dtype=np.int64)
     _, pooled = session.run(
         None, {"input_ids": ids, "attention_mask": 1 + 0 * ids, "token_type_ids": 0 * ids}
     )
-    assert np.allclose(np.linalg.norm(pooled, axis=-1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(pooled, axis=-1), 1.0, atol=1e-5)  # unit length, to fp32 rounding
 
 
 def test_triton_repository_parses_with_tritons_schema(pruned_bert, tmp_path, capsys):

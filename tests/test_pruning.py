@@ -6,8 +6,15 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, batch_for
-from test_checkpoint import make_checkpoint
+from conftest import (
+    LAYOUT,
+    SAME_FUNCTION,
+    TINY_CONFIGS,
+    batch_for,
+    make_checkpoint,
+    randomize_updates,
+    save_pruned,
+)
 
 from dsee_deploy import load_dsee, load_merged
 from dsee_deploy.architectures import get_spec
@@ -16,10 +23,7 @@ from dsee_deploy.checkpoint import (
     CONFIG_FILE,
     MASKS_FILE,
     PRUNING_FILE,
-    prepare_output_dir,
-    save_checkpoint,
 )
-from dsee_deploy.data import Task
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.pruning import PruneConfig, load_masks, prune_model, save_masks
 from dsee_deploy.pruning.gates import gated, gates_for, structure_sizes
@@ -28,13 +32,12 @@ from dsee_deploy.surgery import apply_structure
 from dsee_deploy.tuning import DSEEConfig, dsee_layers, unwrap_dsee
 
 ALL = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+
+
 # Tiny models: 2 layers, 4 heads, FFN width 48. Layer 0 keeps 2 heads and a third of its FFN; layer 1 keeps
 # nothing: its attention and FFN both reduce to their output biases.
-LAYOUT = [{"kept_heads": [0, 2], "kept_ffn": list(range(0, 48, 3))}, {"kept_heads": [], "kept_ffn": []}]
-
-
 def _dsee_model(model_type, tiny_bases, tmp_path, targets=ALL):
-    from test_tuning import _load_tiny, _randomize_updates
+    from test_tuning import _load_tiny
 
     from dsee_deploy.tuning import inject_dsee
 
@@ -42,7 +45,7 @@ def _dsee_model(model_type, tiny_bases, tmp_path, targets=ALL):
     inject_dsee(
         model, DSEEConfig(rank=4, alpha=8, num_sparse=40, target_modules=targets, sparse_init="random")
     )
-    _randomize_updates(model)
+    randomize_updates(model)
     return model.eval(), tok
 
 
@@ -60,7 +63,7 @@ def test_shrunk_model_equals_masked_model_including_empty_layers(model_type, lay
         full = model(**batch).logits
         out = shrunk(**batch).logits
     assert (full - masked).abs().max() > 1e-4  # the pruning matters, so agreement below means something
-    torch.testing.assert_close(out, masked, atol=1e-5, rtol=0)  # fp32: the same sums over fewer terms
+    torch.testing.assert_close(out, masked, **SAME_FUNCTION)  # fp32: the same sums over fewer terms
     # shapes: every DSEE update sliced with its projection
     spec = get_spec(model_type)
     for _, layer in dsee_layers(shrunk):
@@ -71,7 +74,7 @@ def test_shrunk_model_equals_masked_model_including_empty_layers(model_type, lay
     assert sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in model.parameters())
     merged = unwrap_dsee(shrunk)
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, masked, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, masked, **SAME_FUNCTION)
     assert spec.blocks(merged)
 
 
@@ -122,7 +125,7 @@ def test_unstructured_mask_holds_through_training_and_merging(model_type, tiny_b
     with torch.no_grad():
         unmerged = model(**batch).logits
         merged = unwrap_dsee(model)
-        torch.testing.assert_close(merged(**batch).logits, unmerged, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, unmerged, **SAME_FUNCTION)
     spec = get_spec(model_type)
     for name, mask in masks.items():
         _, i, target = name.split(".")
@@ -131,15 +134,6 @@ def test_unstructured_mask_holds_through_training_and_merging(model_type, tiny_b
         w = module.weight.T if module.__class__.__name__ == "Conv1D" else module.weight
         rows = w.shape[0] // site.parts
         assert (w[site.part * rows : (site.part + 1) * rows][~mask] == 0).all(), name
-
-
-def save_pruned(tmp_path, model, tok, record, masks):
-    """Save a model pruned in memory as a checkpoint beside the dense one it came from (tmp_path / 'dense')."""
-    info = load_dsee(tmp_path / "dense")[2]
-    out = prepare_output_dir(tmp_path / "pruned", overwrite=False)
-    dsee, task = DSEEConfig.from_dict(info["dsee"]), Task.from_dict(info["task"])
-    save_checkpoint(out, model, tok, dsee, task, info["base_model"], {}, pruning=record, masks=masks)
-    return out
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
@@ -161,8 +155,8 @@ def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, t
     assert info2["pruning"]["layers"] == record["layers"]
     merged, _ = load_merged(out)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(reloaded(**batch).logits, expected, **SAME_FUNCTION)
+        torch.testing.assert_close(merged(**batch).logits, expected, **SAME_FUNCTION)
     assert (out / MASKS_FILE).exists() == bool(masks)
 
 

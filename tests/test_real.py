@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAME_FUNCTION
 
 from dsee_deploy.cli.tune import main as tune
 
@@ -54,4 +55,4 @@ def test_default_model_tunes_and_loads_merged_with_real_weights(tmp_path, capsys
     )
     with torch.no_grad():
         # 1e-5: fp32 on 6 real layers; merging reorders one matmul's sums per Q and V
-        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, **SAME_FUNCTION)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, batch_for, build_base
+from conftest import SAME_FUNCTION, TINY_CONFIGS, batch_for, build_base, randomize_updates
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
@@ -28,16 +28,6 @@ from dsee_deploy.tuning import (
 
 def test_every_registered_architecture_has_a_tiny_test_model():
     assert set(TINY_CONFIGS) == set(supported())
-
-
-def _randomize_updates(model, seed=0):
-    """Trained-looking updates: B and S are zero at init, which would make merge tests vacuous."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in dsee_layers(model):
-            for u in layer.updates.values():
-                u.lora_B.copy_(torch.randn(u.lora_B.shape, generator=gen) * 0.1)
-                u.sparse_values.copy_(torch.randn(u.sparse_values.shape, generator=gen))
 
 
 def _wrapped(base: nn.Module, rows=slice(None), n=5):
@@ -73,12 +63,12 @@ def test_layer_computes_the_dsee_formula_and_merge_unmerge_mirror(base, rows):
     delta[u.rows] = u.scaling * (u.lora_B @ u.lora_A + dense_s.view(u.out_features, u.in_features)).detach()
     expected = x @ (w0 + delta).T + base.bias.detach()
     # 1e-5: fp32 matmuls of width 12 summed in a different order
-    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer(x), expected, **SAME_FUNCTION)
     torch.testing.assert_close(layer.delta_weight(), delta, atol=1e-6, rtol=0)
     unmerged = layer(x)
     layer.merge()
     assert layer.merged
-    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer(x), unmerged, **SAME_FUNCTION)
     layer.unmerge()
     # unmerge subtracts what merge added: equal up to one fp32 rounding of each weight
     torch.testing.assert_close(layer.out_in_weight, w0, atol=1e-6, rtol=0)
@@ -172,17 +162,17 @@ def test_merged_equals_unmerged_on_every_architecture(model_type, targets, tmp_p
     with torch.no_grad():
         # B = 0 and S = 0 at init: the wrapped model starts at the pre-trained function
         torch.testing.assert_close(model(**batch).logits, before, atol=1e-6, rtol=0)
-        _randomize_updates(model)
+        randomize_updates(model)
         unmerged = model(**batch).logits
         # the updates do change the function (relative: tiny heads give logits of order 1e-2)
         assert (unmerged - before).abs().max() > 1e-2 * before.abs().max()
         merge_dsee(model)
-        torch.testing.assert_close(model(**batch).logits, unmerged, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(**batch).logits, unmerged, **SAME_FUNCTION)
         unmerge_dsee(model)
-        torch.testing.assert_close(model(**batch).logits, unmerged, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(**batch).logits, unmerged, **SAME_FUNCTION)
         plain = unwrap_dsee(model)
         assert not list(dsee_layers(plain))
-        torch.testing.assert_close(plain(**batch).logits, unmerged, atol=1e-5, rtol=0)
+        torch.testing.assert_close(plain(**batch).logits, unmerged, **SAME_FUNCTION)
 
 
 def test_trainable_share_on_a_bert_base_sized_model():

@@ -34,6 +34,7 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
     from ..errors import DSEEError
     from ..models import base_weights_sha256, load_config, load_model
     from ..pruning import PruneConfig, prune_model
+    from ..tasks import Classification
     from ..tuning import DSEEConfig, inject_dsee, train_head
 
     if geometry not in GEOMETRIES:
@@ -61,7 +62,7 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
     tokenizer = _tokenizer()
     tokenizer.save_pretrained(dense_dir)
 
-    task = Task("classification", "sentence", None, "label", ["0", "1"])
+    task = Task(Classification.kind, "sentence", None, "label", ["0", "1"])
     model, info = load_model(str(dense_dir), load_config(str(dense_dir), task), task)
     sha = base_weights_sha256(model, info["missing_keys"])
     dsee = DSEEConfig(sparse_init="random", seed=seed)

@@ -15,6 +15,7 @@ from ..errors import DSEEError
 from ..flops import encoder_flops
 from ..manifest import Manifest
 from ..runtime import make_session
+from ..tasks import Classification
 
 
 @dataclass
@@ -36,8 +37,8 @@ class Variant:
     max_length: int
     provider: str = "-"
     labels: list[str] = field(default_factory=list)
-    task: str = "classification"
-    architecture: str = "bert"
+    task: str = Classification.kind
+    architecture: str = "bert"  # a model_type of the registry; every variant sets its own
     metric: str = ""
     positive_label: str = ""
 

@@ -48,7 +48,9 @@ def add_fields(
         elif kind == "list[int]":
             kwargs["type"] = _ints(flag_of(f))
             kwargs["default"] = ",".join(map(str, default))
-        else:
+        if kind != "bool" and "choices" not in f.metadata:
+            kwargs["metavar"] = flag_of(f)[2:].upper().replace("-", "_")
+        if kind in _SCALARS:
             kwargs["type"] = _SCALARS[kind]
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]

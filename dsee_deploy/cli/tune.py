@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune a pre-trained transformer with DSEE (low-rank + sparse update) and save a checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    io = p.add_argument_group("data and model")
+    io = p.add_argument_group("inputs and output")
     io.add_argument(
         "--model", default=DEFAULT_MODEL, help="Base model: a directory, a hub id, or the packaged default."
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import DSEEError
+from ..tasks import FeatureExtraction
 
 FORMAT_VERSION = 1
-TASKS = ("auto", "feature-extraction")
+TASKS = ("auto", FeatureExtraction.kind)
 
 
 @dataclass

@@ -41,7 +41,11 @@ def summarize(manifest: Manifest, out: Path) -> str:
     if data:
         rows = "; ".join(
             f"{name} {r['metric']:.2f}"
-            + "".join(f", {k.replace('_', ' ')} {_number(v)}" for k, v in r.items() if k != "metric")
+            + "".join(
+                f", {k.replace('_', ' ')} {_number(v)}"
+                for k, v in r.items()
+                if k != "metric" and not (k == "accuracy" and data["metric"] == "accuracy")
+            )
             for name, r in data["results"].items()
         )
         lines.append(f"{data['metric']} on {data['examples']} examples of {data['data']}: {rows}")

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
+from ..tasks import CausalLM, Classification, Regression
 
 FORMAT_VERSION = 1
-TASK_CHOICES = ("auto", "classification", "regression", "causal-lm")
+# What dsee-tune trains: auto, or a task of the registry that has training data of its own.
+TASK_CHOICES = ("auto", Classification.kind, Regression.kind, CausalLM.kind)
 
 
 @dataclass
