@@ -24,3 +24,21 @@ def require_extra(extra: str, *modules: str) -> None:
 class ConfigError(DSEEError, ValueError):
     """A config dataclass field out of range: a ValueError (as options checks are) that the CLIs show as a
     user error, in one line."""
+
+
+def versioned_fields(cls, data: dict, version: int, what: str, fix: str) -> dict:
+    """The fields of a saved config `data` for dataclass `cls`, refused in one line where its format version is
+    not `version` or it holds fields `cls` does not have (written by a newer dsee-deploy)."""
+    from dataclasses import fields
+
+    data = dict(data)
+    found = data.pop("format_version", None)
+    if found != version:
+        raise DSEEError(
+            f"{what} format version {found} is not supported by this dsee-deploy (it reads version {version}): "
+            f"upgrade dsee-deploy or {fix}"
+        )
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise DSEEError(f"{what} has unknown fields {unknown}: was it written by a newer dsee-deploy?")
+    return data

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from ..architectures import TARGETS
-from ..errors import ConfigError, DSEEError
+from ..errors import ConfigError, versioned_fields
 from .importance import STRUCTURED, UNSTRUCTURED
 
 FORMAT_VERSION = 1
@@ -103,16 +103,6 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PruneConfig:
-        data = dict(data)
-        version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise DSEEError(
-                f"pruning config format version {version} is not supported by this dsee-deploy (it reads "
-                f"version {FORMAT_VERSION}): upgrade dsee-deploy or prune again with dsee-prune"
-            )
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise DSEEError(
-                f"pruning config has unknown fields {unknown}: was it written by a newer dsee-deploy?"
-            )
-        return cls(**data)
+        return cls(
+            **versioned_fields(cls, data, FORMAT_VERSION, "pruning config", "prune again with dsee-prune")
+        )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
-from ..errors import ConfigError, DSEEError
+from ..errors import ConfigError, versioned_fields
 
 FORMAT_VERSION = 1
 SPARSE_INITS = ("grebsmo", "magnitude", "random")
@@ -81,17 +81,4 @@ class DSEEConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DSEEConfig:
-        data = dict(data)
-        version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise DSEEError(
-                f"DSEE config format version {version} is not supported by this dsee-deploy "
-                f"(it reads version {FORMAT_VERSION}): upgrade dsee-deploy or re-run dsee-tune"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DSEEError(
-                f"DSEE config has unknown fields {unknown}: was it written by a newer dsee-deploy?"
-            )
-        return cls(**data)
+        return cls(**versioned_fields(cls, data, FORMAT_VERSION, "DSEE config", "re-run dsee-tune"))
