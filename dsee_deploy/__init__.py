@@ -25,7 +25,7 @@ from . import bench as _bench_package  # noqa: F401
 from . import export as _export_package  # noqa: F401
 from .bench.config import BenchConfig
 from .bench.run import BenchResults
-from .errors import DSEEError
+from .errors import ConfigError, DSEEError
 from .export.config import ExportConfig
 from .export.run import ExportFailed
 from .manifest import Manifest
@@ -119,6 +119,7 @@ __all__ = [
     "BenchConfig",
     "BenchResults",
     "CheckpointInfo",
+    "ConfigError",
     "DSEEConfig",
     "DSEEError",
     "ExportConfig",

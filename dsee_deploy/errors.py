@@ -42,3 +42,7 @@ def versioned_fields(cls, data: dict, version: int, what: str, fix: str) -> dict
     if unknown:
         raise DSEEError(f"{what} has unknown fields {unknown}: was it written by a newer dsee-deploy?")
     return data
+
+
+class NonFiniteUpdate(DSEEError, ValueError):
+    """A DSEE update with NaN or inf values, refused before it is merged into the weights."""

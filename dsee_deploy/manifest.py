@@ -83,6 +83,11 @@ class Manifest:
                 f"{where} has format version {version}; this dsee-deploy reads versions "
                 f"{', '.join(map(str, READABLE))}: export the engine again with this version's dsee-export"
             )
+        if (
+            version == 2 and "files" not in data
+        ):  # version 2 wrote the file hashes only when the export passed
+            data.setdefault("status", "failed")
+            data.setdefault("error", "an export by an earlier dsee-deploy that did not pass its checks")
         data["format_version"] = FORMAT_VERSION
         # Version 2 kept the int8 / fp16 check under validation_<precision>.
         reduced = data.pop(f"validation_{data.get('precision')}", None)

@@ -65,8 +65,11 @@ class TaskSpec:
         """What the engine returns for the graph output `values` of n inputs."""
         return values
 
-    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
-        """`metric` x 100 of predictions against labels (`positive`: the class binary F1 is computed for)."""
+    def score(
+        self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
+    ) -> float:
+        """`metric` x 100 of predictions against labels (`positive`: the class binary F1 is computed for;
+        `classes`: how many the task has, binary F1 for 2 and macro above; 0: as many as are seen)."""
         raise DSEEError(f"{self.kind} has no metric {metric!r}")
 
     def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
@@ -131,18 +134,21 @@ class Classification(TaskSpec):
             )
         return out
 
-    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+    def score(
+        self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
+    ) -> float:
         # Written with numpy, not scikit-learn: the engine and dsee-bench run without the 'tune' extra. The
         # formulas are scikit-learn's (binary F1 of `positive`, macro F1 above two classes, Matthews' phi).
         p, y = np.asarray(predictions).reshape(-1), np.asarray(labels).reshape(-1)
         if metric == "accuracy":
             return float((p == y).mean() * 100)
-        classes = np.union1d(p, y)
+        seen = np.union1d(p, y)
         if metric == "f1":
-            targets = [positive] if len(classes) <= 2 else classes
+            binary = classes == 2 if classes else len(seen) <= 2
+            targets = [positive] if binary else (np.arange(classes) if classes else seen)
             return float(np.mean([_f1(p == c, y == c) for c in targets]) * 100)
         if metric == "matthews_correlation":
-            return float(_matthews(p, y, classes) * 100)
+            return float(_matthews(p, y, seen) * 100)
         return super().score(metric, predictions, labels, positive)
 
 
@@ -163,7 +169,9 @@ class Regression(TaskSpec):
     def answer(self, values: np.ndarray, labels: Sequence[str]) -> list[dict]:
         return [{"value": v} for v in values[:, 0].astype(np.float64).tolist()]
 
-    def score(self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
+    def score(
+        self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
+    ) -> float:
         p, y = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
         if metric == "spearman":
             p, y = _ranks(p), _ranks(y)

@@ -18,7 +18,8 @@ def compute_metrics_for(task):
 
     def compute(pred) -> dict:
         preds = spec.predictions(np.asarray(pred.predictions))
-        return {m: spec.score(m, preds, pred.label_ids, task.positive) / 100 for m in spec.metrics}
+        classes = len(task.label_names)
+        return {m: spec.score(m, preds, pred.label_ids, task.positive, classes) / 100 for m in spec.metrics}
 
     return compute
 

@@ -98,6 +98,9 @@ def test_manifest_round_trips_through_json_and_checks_its_version(tmp_path):
     old = {k: v for k, v in manifest.to_dict().items() if k not in ("validation_reduced", "status", "error")}
     old.update(format_version=2, precision="int8", validation_int8={"passed": True})
     assert Manifest.from_dict(old).validation_reduced == {"passed": True}
+    assert Manifest.from_dict({**old, "files": {}}).status == "complete"
+    # Version 2 wrote file hashes only for an export that passed: without them it is a failed one.
+    assert Manifest.from_dict({k: v for k, v in old.items() if k != "files"}).status == "failed"
     (tmp_path / "e").mkdir()
     failed = Manifest(**{**manifest.to_dict(), "status": "failed", "error": "int8 lost 3 points"})
     failed.write(tmp_path / "e")
@@ -210,6 +213,10 @@ def test_task_metrics_are_scikit_learns():
     assert cls.score("matthews_correlation", p, y) == pytest.approx(100 * matthews_corrcoef(y, p), abs=1e-9)
     y3, p3 = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
     assert cls.score("f1", p3, y3) == pytest.approx(100 * f1_score(y3, p3, average="macro"), abs=1e-9)
+    # A 3-class task whose data shows two classes is still scored by macro F1 over its three, as sklearn does
+    y2, p2 = np.array([0, 2, 0, 2]), np.array([0, 2, 2, 2])
+    want = 100 * f1_score(y2, p2, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert cls.score("f1", p2, y2, classes=3) == pytest.approx(want, abs=1e-9)
     reg = get_task(Regression.kind)
     a, b = rng.normal(size=100), np.round(rng.normal(size=100), 1)  # rounded: ties, which ranks average
     assert reg.score("pearson", a, b) == pytest.approx(100 * pearsonr(a, b)[0], abs=1e-9)

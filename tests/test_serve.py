@@ -690,3 +690,20 @@ def test_served_benchmarked_and_validated_predictions_agree_beyond_the_tuned_len
     manifest = dd.export(ckpt, tmp_path / "again", dd.ExportConfig(validate_data=str(served_data)))
     assert manifest.validate_data["results"]["onnx fp32"]["accuracy"] == 100.0
     assert manifest.validate_data["examples"] == len(texts)
+
+
+def test_bench_scores_a_regression_engine_by_its_correlation(engines):
+    """Regression has no accuracy: dsee-bench reports the metric the checkpoint was selected by, alone."""
+    data = engines["regression"].parent / "sts.tsv"
+    config = dd.BenchConfig(
+        batch_sizes=[1],
+        seq_lens=[8],
+        rounds=3,
+        warmup=1,
+        threads=1,
+        eval_data=str(data),
+        torch_variants=False,
+    )
+    path = engines["regression"]
+    entry = dd.bench([f"engine={path}"], [f"baseline={path}"], config).metric("engine")
+    assert entry["metric"] == "pearson" and "accuracy" not in entry and -100 <= entry["value"] <= 100

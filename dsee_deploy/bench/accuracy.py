@@ -7,13 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import Task
+from ..tasks import get_task
 from .variants import Variant, load_torch
 
 
 def task_of(variant: Variant) -> Task:
+    labels = list(variant.labels)
+    if labels == [
+        f"LABEL_{i}" for i in range(len(labels))
+    ]:  # transformers' defaults: the data says 0, 1, ...
+        labels = [str(i) for i in range(len(labels))]
     return Task(
         kind=variant.task,
-        label_names=variant.labels,
+        label_names=labels
+        if get_task(variant.task).labelled and not get_task(variant.task).continuous_labels
+        else [],
         max_length=variant.max_length,
         metric=variant.metric,
         positive_label=variant.positive_label,
@@ -47,7 +55,8 @@ def evaluate(variant: Variant, data: dict) -> dict:
 
     task = data["task"]
     if variant.kind == "onnxruntime":
-        providers = None if variant.provider == "-" else [variant.provider]
+        # "-": the CPU variant, as it was timed (never the GPU provider onnxruntime-gpu would pick)
+        providers = ["CPUExecutionProvider"] if variant.provider == "-" else [variant.provider]
         engine = Engine.load(variant.root, threads=data["threads"], providers=providers, spin_us=data["spin"])
         encoder, run = engine.encoder, (engine.feeds, engine.run_feeds)
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from ..errors import DSEEError
+from ..errors import ConfigError
 
 FORMAT_VERSION = 1
 
@@ -61,14 +61,14 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
             if not values or not all(isinstance(v, int) for v in values) or min(values) < 1:
-                raise DSEEError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
+                raise ConfigError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
         for name in ("threads", "rounds", "warmup", "spin_us"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 flag = "--" + name.replace("_", "-")
-                raise DSEEError(f"{flag} (a suite's {name}) must be a whole number, not {value!r}")
+                raise ConfigError(f"{flag} (a suite's {name}) must be a whole number, not {value!r}")
         if self.rounds < 3 or self.threads < 1 or self.spin_us < 0:
-            raise DSEEError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
+            raise ConfigError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, **asdict(self)}

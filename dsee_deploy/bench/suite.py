@@ -104,7 +104,9 @@ def load(path: str, work: Path, overrides: dict[str, str]) -> dict:
     for i, step in enumerate(suite.get("step", [])):
         if step.get("run") not in STEPS:
             raise DSEEError(
-                f"--suite '{path}' step {i + 1} runs '{step.get('run')}': use one of {', '.join(STEPS)}"
+                f"--suite '{path}' step {i + 1} runs '{step.get('run')}': use one of {', '.join(STEPS)} (suites "
+                f"before this version ran CLIs with args = [...]; a step now names the verb's inputs and its "
+                f"config table: see benchmarks/suites/bert-base-geometry.toml)"
             )
         unknown = sorted(set(step) - KEYS[step["run"]] - {"run", "creates"})
         if unknown:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..pruning.config import PruneConfig
 from . import run_cli
 from .flags import add_fields, from_args
 
@@ -27,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32, help="Batch size for taylor importance.")
     p.add_argument("--base-model", help="Base model, where the checkpoint's recorded one moved.")
+    # Imported here, not at the top: without the 'tune' extra, prune() names the extra to install.
+    from ..pruning.config import PruneConfig
+
     add_fields(p, PruneConfig, title="pruning (DSEE §2)")
     return p
 
@@ -36,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prune(argv: list[str] | None = None) -> int:
-    from ..errors import DSEEError
+    from ..errors import DSEEError, require_extra
+
+    require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from ..pruning.config import PruneConfig
     from ..pruning.run import pruning_report
 
     args = build_parser().parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..errors import DSEEError
+from ..errors import ConfigError
 from ..tasks import FeatureExtraction
 
 FORMAT_VERSION = 1
@@ -105,21 +105,21 @@ class ExportConfig:
         from .formats import FORMATS
 
         if self.format not in FORMATS:
-            raise DSEEError(f"--format '{self.format}' is not supported: use {', '.join(FORMATS)}")
+            raise ConfigError(f"--format '{self.format}' is not supported: use {', '.join(FORMATS)}")
         if self.task not in TASKS:
-            raise DSEEError(f"--task '{self.task}' is not supported: use {', '.join(TASKS)}")
+            raise ConfigError(f"--task '{self.task}' is not supported: use {', '.join(TASKS)}")
         if self.opset < 17:
-            raise DSEEError(f"--opset {self.opset} is too old: pass 17 or newer")
+            raise ConfigError(f"--opset {self.opset} is too old: pass 17 or newer")
         if self.quantize not in (None, "int8"):
-            raise DSEEError(f"--quantize '{self.quantize}' is not supported: use int8")
+            raise ConfigError(f"--quantize '{self.quantize}' is not supported: use int8")
         if self.quantize and self.fp16:
-            raise DSEEError(
+            raise ConfigError(
                 "--quantize int8 and --fp16 exclude each other: pick int8 for CPU or fp16 for GPU"
             )
         if self.pooling not in ("auto", "mean", "cls"):
-            raise DSEEError(f"--pooling '{self.pooling}' is not supported: use auto, mean or cls")
+            raise ConfigError(f"--pooling '{self.pooling}' is not supported: use auto, mean or cls")
         if self.skip_layernorm not in ("auto", "fuse", "unfuse"):
-            raise DSEEError(
+            raise ConfigError(
                 f"--skip-layernorm '{self.skip_layernorm}' is not supported: use auto, fuse or unfuse"
             )
         self.shapes()  # BATCHxSEQ strings are checked here

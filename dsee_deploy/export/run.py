@@ -64,6 +64,10 @@ def export(
         raise DSEEError(
             f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
         )
+    if config.validate_data:  # its columns and labels are checked before anything slow
+        from ..runtime.evaluate import read_labelled
+
+        read_labelled(config.validate_data, "--validate-data", source.task)
     out = prepare_output_dir(target, overwrite)
     manifest = describe(source, config)
     try:

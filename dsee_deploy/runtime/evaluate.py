@@ -39,8 +39,8 @@ def evaluate_runs(
     names = list(predictions)
     results = {}
     for i, (name, pred) in enumerate(predictions.items()):
-        entry = {"metric": spec.score(task.metric, pred, labels, task.positive)}
-        if spec.labelled and task.label_names:
+        entry = {"metric": spec.score(task.metric, pred, labels, task.positive, len(task.label_names))}
+        if "accuracy" in spec.metrics:
             entry["accuracy"] = spec.score("accuracy", pred, labels)
         for other in names[: min(i, 2)]:
             entry[f"agreement_with_{other.replace(' ', '_')}"] = spec.agreement(pred, predictions[other])

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..errors import NonFiniteUpdate
+
 
 def projection_shape(module: nn.Module) -> tuple[int, int]:
     """(out, in) of a Linear or Conv1D projection, DSEE-wrapped or not (Conv1D stores its weight as (in, out))."""
@@ -167,7 +169,10 @@ class DSEELayer(nn.Module):
             return
         delta = self.delta_weight()
         if not torch.isfinite(delta).all():
-            raise ValueError("DSEE update holds NaN or inf values; refusing to merge it into the weights")
+            raise NonFiniteUpdate(
+                "DSEE update holds NaN or inf values (the tuning diverged); refusing to merge it into the "
+                "weights: tune again with a lower --lr"
+            )
         self.out_in_weight.add_(delta.to(self.out_in_weight.dtype))
         self.merged = True
 

@@ -126,7 +126,7 @@ def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConf
 
     model_path = resolve_model(model_name)
     spec = get_spec(load_config(model_path).model_type)
-    dsee = replace(dsee, seed=config.seed).for_architecture(spec)
+    dsee = dsee.for_architecture(spec)  # DSEEConfig.seed seeds A and the support (dsee-tune: its --seed)
     for target in dsee.target_modules:
         spec.site(target)  # unknown target names fail before the model loads
     data = read_data(train, eval, test, config)
