@@ -632,6 +632,20 @@ def test_a_clean_venv_with_only_the_serve_extra_serves_a_request(engines, tmp_pa
 # --- one runtime: what is served is what is measured -------------------------------------------------------
 
 
+def bench_against_itself(path, eval_data) -> dd.BenchResults:
+    """dsee-bench of one engine against itself, briefly: what matters here is its --eval-data metric."""
+    config = dd.BenchConfig(
+        batch_sizes=[1],
+        seq_lens=[8],
+        rounds=3,
+        warmup=1,
+        threads=1,
+        eval_data=str(eval_data),
+        torch_variants=False,
+    )
+    return dd.bench([f"engine={path}"], [f"baseline={path}"], config)
+
+
 def test_served_benchmarked_and_validated_predictions_agree_beyond_the_tuned_length(engines, tmp_path):
     """Engine.predict, dsee-serve over HTTP, dsee-bench's accuracy and dsee-export --validate-data predict the
     same labels, on inputs longer than the length the model was tuned with (24 tokens): every one of them
@@ -675,16 +689,7 @@ def test_served_benchmarked_and_validated_predictions_agree_beyond_the_tuned_len
     assert reply.status == 200
     assert [p["label"] for p in json.loads(reply.body)["predictions"]] == labels
 
-    bench = dd.BenchConfig(
-        batch_sizes=[1],
-        seq_lens=[8],
-        rounds=3,
-        warmup=1,
-        threads=1,
-        eval_data=str(served_data),
-        torch_variants=False,
-    )
-    results = dd.bench([f"engine={path}"], [f"baseline={path}"], bench)
+    results = bench_against_itself(path, served_data)
     assert results.metric("engine")["accuracy"] == 100.0 and results.metric("engine")["max_length"] == 24
 
     manifest = dd.export(ckpt, tmp_path / "again", dd.ExportConfig(validate_data=str(served_data)))
@@ -695,15 +700,6 @@ def test_served_benchmarked_and_validated_predictions_agree_beyond_the_tuned_len
 def test_bench_scores_a_regression_engine_by_its_correlation(engines):
     """Regression has no accuracy: dsee-bench reports the metric the checkpoint was selected by, alone."""
     data = engines["regression"].parent / "sts.tsv"
-    config = dd.BenchConfig(
-        batch_sizes=[1],
-        seq_lens=[8],
-        rounds=3,
-        warmup=1,
-        threads=1,
-        eval_data=str(data),
-        torch_variants=False,
-    )
     path = engines["regression"]
-    entry = dd.bench([f"engine={path}"], [f"baseline={path}"], config).metric("engine")
+    entry = bench_against_itself(path, data).metric("engine")
     assert entry["metric"] == "pearson" and "accuracy" not in entry and -100 <= entry["value"] <= 100

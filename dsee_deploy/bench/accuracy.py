@@ -32,11 +32,14 @@ def load_for(variants: list[Variant], source: str, threads: int, spin_us: int) -
     """Texts and label ids per labelled variant (others get no metric), read and checked up front."""
     from ..runtime.evaluate import read_labelled
 
-    out = {}
+    out, read = {}, {}
     for v in variants:
         task = task_of(v)
         if task.spec.labelled:
-            texts, labels = read_labelled(source, "--eval-data", task)
+            key = (task.kind, tuple(task.label_names))  # variants of one task read the file once
+            if key not in read:
+                read[key] = read_labelled(source, "--eval-data", task)
+            texts, labels = read[key]
             out[v.name] = {
                 "texts": texts,
                 "labels": labels,

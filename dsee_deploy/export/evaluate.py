@@ -9,18 +9,18 @@ from pathlib import Path
 from ..data import Task
 
 
-def evaluate_engines(model, task: Task, source: str, engines: dict[str, Path], engine_dir: Path) -> dict:
-    """The task metric (and accuracy) on `source` for PyTorch and each engine; `engines` maps a name ("onnx
-    fp32", "onnx int8", ...) to a graph whose tokenizer is in `engine_dir`."""
-    import datasets
+def evaluate_engines(
+    model, task: Task, texts: list, labels, engines: dict[str, Path], engine_dir: Path
+) -> dict:
+    """The task metric (and accuracy) on labelled `texts` (runtime.evaluate.read_labelled) for PyTorch and
+    each engine; `engines` maps a name ("onnx fp32", "onnx int8", ...) to a graph whose tokenizer is in
+    `engine_dir`."""
     import torch
 
     from ..architectures import get_spec
     from ..runtime import TextEncoder, make_session
-    from ..runtime.evaluate import evaluate_runs, read_labelled
+    from ..runtime.evaluate import evaluate_runs
 
-    datasets.disable_progress_bars()  # a few seconds of work; the CLI prints the outcome
-    texts, labels = read_labelled(source, "--validate-data", task)
     encoder = TextEncoder.from_dir(engine_dir, task.max_length)
     spec = get_spec(model.config.model_type)
     output = task.spec.engine_output
@@ -38,5 +38,4 @@ def evaluate_engines(model, task: Task, source: str, engines: dict[str, Path], e
             return getattr(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}), output).numpy()
 
     graph_inputs = runs[next(iter(runs))][0]  # PyTorch takes what the graph takes
-    report = evaluate_runs(texts, labels, task, encoder, {"pytorch": (graph_inputs, run_torch), **runs})
-    return {"data": source, **report}
+    return evaluate_runs(texts, labels, task, encoder, {"pytorch": (graph_inputs, run_torch), **runs})

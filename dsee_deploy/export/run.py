@@ -64,14 +64,15 @@ def export(
         raise DSEEError(
             f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
         )
-    if config.validate_data:  # its columns and labels are checked before anything slow
+    labelled = None
+    if config.validate_data:  # read (and its columns and labels checked) before anything slow
         from ..runtime.evaluate import read_labelled
 
-        read_labelled(config.validate_data, "--validate-data", source.task)
+        labelled = read_labelled(config.validate_data, "--validate-data", source.task)
     out = prepare_output_dir(target, overwrite)
     manifest = describe(source, config)
     try:
-        _stages(source, config, out, manifest)
+        _stages(source, config, out, manifest, labelled)
     except DSEEError as exc:
         manifest.status, manifest.error = "failed", str(exc)
         manifest.write(out)
@@ -84,7 +85,7 @@ def export(
     return manifest
 
 
-def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest) -> None:
+def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest, labelled=None) -> None:
     """Export, optimize, validate, reduce precision, evaluate, finish the format: each records into `manifest`."""
     from . import export_onnx, onnx_parameter_count
     from .pooling import add_sentence_embedding
@@ -112,7 +113,7 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest)
                 f"(--validate-data), not by the fp32 atol; max |diff| is recorded for information",
             }
     if config.validate_data:
-        manifest.validate_data = evaluate(source, config, engines, out)
+        manifest.validate_data = evaluate(source, config, engines, out, labelled)
         if manifest.validate_data.get("passed") is False:
             data = manifest.validate_data
             raise DSEEError(
@@ -195,12 +196,14 @@ def validate(source: Source, path: Path, atol: float | None, agreement: bool) ->
     return validate_onnx(source.model, path, atol, source.task.spec.outputs, agreement=agreement)
 
 
-def evaluate(source: Source, config: ExportConfig, engines: dict, out: Path) -> dict:
+def evaluate(source: Source, config: ExportConfig, engines: dict, out: Path, labelled: tuple) -> dict:
     """The task metric on --validate-data, and for a reduced precision its drop against fp32 (`passed`: within
     --max-metric-drop)."""
     from .evaluate import evaluate_engines
 
-    report = evaluate_engines(source.model, source.task, config.validate_data, engines, out)
+    texts, labels = labelled
+    report = evaluate_engines(source.model, source.task, texts, labels, engines, out)
+    report = {"data": config.validate_data, **report}
     names = list(engines)
     if len(names) > 1:
         drop = report["results"][names[0]]["metric"] - report["results"][names[1]]["metric"]

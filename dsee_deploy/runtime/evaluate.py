@@ -16,8 +16,11 @@ BATCH = 32  # as the engine's default batch_size: evaluation batches texts as se
 def read_labelled(source: str, flag: str, task: Task) -> tuple[list, np.ndarray]:
     """(texts or pairs, label ids) of a labelled file, in the task's columns (GLUE names where the task
     records none) and label ids."""
+    import datasets
+
     from ..data import read_table
 
+    datasets.disable_progress_bars()  # a few seconds of work; the callers print the outcome
     return labelled_texts(read_table(source, flag), task, source, flag)
 
 
