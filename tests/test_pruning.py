@@ -210,3 +210,28 @@ def test_a_surgery_that_changes_the_function_is_caught(tiny_bases, tmp_path, mon
     model, _ = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")
     with pytest.raises(DSEEError, match="physically pruned model differs from the masked one"):
         prune_model(model, PruneConfig(heads=0.25, ffn=0.25, importance="wabs"))
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize(
+    "kind",
+    [{"heads": 0.5}, {"ffn": 0.5}, {"unstructured": 0.3}, {"layout": LAYOUT}],
+    ids=["heads", "ffn", "unstructured", "empty-layer"],
+)
+def test_pruning_trains_only_the_dsee_updates_and_the_head(model_type, kind, tiny_bases, tmp_path):
+    """transformers' prune_heads rebuilds Q, K, V and O with gradients on: pruning must leave the base frozen."""
+    from dsee_deploy.checkpoint import adapter_state
+
+    model, tok = make_checkpoint(model_type, tiny_bases[model_type], tmp_path / "dense")
+    model.train()
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    layout = kind.get("layout")
+    ratios = {k: v for k, v in kind.items() if k != "layout"}
+    config = PruneConfig(**ratios, importance="wabs") if ratios else PruneConfig(heads=0.5, ffn=0.5)
+    prune_model(model, config, layout=layout)
+    prefix = model.base_model_prefix + "."
+    after = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert after <= before  # a layer that lost every head lost its Q, K, V updates with them
+    assert all(".updates." in n or not n.startswith(prefix) for n in after), sorted(after)
+    saved = {n for n in adapter_state(model) if not n.endswith("sparse_indices")}
+    assert saved == after

@@ -106,7 +106,12 @@ def remove_heads(model: nn.Module, layer: int, heads: list[int], spec: ArchSpec 
     wrapped = {p: get_module(block, p) for p in sites if isinstance(get_module(block, p), DSEELayer)}
     for path, layer_ in wrapped.items():
         set_module(block, path, layer_.base_layer)
+    # prune_heads rebuilds Q, K, V and O as fresh layers with gradients on: what trains after the surgery must be
+    # what trained before it (by name; the DSEE updates and the head), never the frozen base weights.
+    trains = {name for name, p in block.named_parameters() if p.requires_grad}
     attention.prune_heads(_original_head_ids(attention, heads, n_heads))
+    for name, p in block.named_parameters():
+        p.requires_grad_(name in trains)
     for path, layer_ in wrapped.items():
         if path == spec.attn_out:
             side, kept = "in", index

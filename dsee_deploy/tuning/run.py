@@ -233,6 +233,7 @@ class Session:
         """Prune (taylor scores on the training data where asked), then re-tune; what it records in metrics."""
         from ..pruning import format_report, prune_model
         from ..training import importance_batches
+        from ..tuning import count_parameters
 
         run, config, prune = self.run, self.config, self.prune_config
         metrics: dict = {}
@@ -252,6 +253,10 @@ class Session:
         )
         run.masks = {**(run.masks or {}), **new_masks} or None
         _log(format_report(run.pruning))
+        trainable, total = count_parameters(run.model)
+        _log(
+            f"after pruning: trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
+        )
         if self.test_ds is not None:  # what re-tuning has to recover
             metrics["after_pruning"] = {
                 k: v for k, v in self.evaluate("test", self.test_ds).items() if k.startswith("test_")
