@@ -16,6 +16,7 @@ from .architectures import get_spec
 from .data import Task
 from .errors import DSEEError
 from .models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
+from .outputs import check_output
 from .tuning import DSEEConfig, inject_dsee, unwrap_dsee
 
 FORMAT_VERSION = 1
@@ -49,19 +50,19 @@ class CheckpointInfo:
         }
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty `path` unless `overwrite`; touches nothing."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise DSEEError(f"--output '{out}' exists and is a file: choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DSEEError(f"--output '{out}' already exists and is not empty: pass --overwrite to replace it")
-    return out
+def recorded_base(checkpoint: str | Path | None) -> str | None:
+    """The base model a checkpoint records (None when it records none or cannot be read): an input of every
+    command that loads the checkpoint, which its output must stay clear of."""
+    try:
+        return json.loads((Path(checkpoint) / CONFIG_FILE).read_text())["base_model"]["name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path`; an existing non-empty directory is only replaced with `overwrite`."""
-    out = check_output_dir(path, overwrite)
+    """Create `path` in place (tests and the synthetic models; the verbs write through outputs.Output); an
+    existing non-empty directory is only replaced with `overwrite`."""
+    out = check_output(path, overwrite)
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     try:

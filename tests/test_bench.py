@@ -185,7 +185,7 @@ def test_bench_bad_input_is_one_line(engines, tmp_path, capsys):
                 "--spin-us",
                 "-1",
                 "--output",
-                tmp_path,
+                tmp_path / "o",
             ],
             "--spin-us 0 or more",
         ),

@@ -52,14 +52,41 @@ def bench(
     from .harness import run
 
     config = config or BenchConfig()
-    out = Path(output) if output is not None else None
-    if out is not None and (out / "results.json").exists() and not overwrite:
-        raise DSEEError(f"--output '{out}' already holds results.json: pass --overwrite to replace it")
-    # Paths or "NAME=PATH" strings.
-    results = BenchResults(run([str(e) for e in engines], [str(b) for b in baselines], config), out)
-    if out is not None:
-        write(results, out)
+    engines, baselines = [str(e) for e in engines], [str(b) for b in baselines]  # paths or NAME=PATH
+    target = None
+    if output is not None:
+        target = bench_output(output, overwrite, engines, baselines, config)
+        target.start()  # an unwritable --output fails now, not after the benchmark
+    try:
+        results = BenchResults(run(engines, baselines, config), Path(output) if output is not None else None)
+        if target is not None:
+            write(results, target.path)
+            target.commit()
+    finally:
+        if target is not None:
+            target.abort()  # nothing left to remove after a commit
     return results
+
+
+def bench_output(output, overwrite: bool, engines: list[str], baselines: list[str], config: BenchConfig):
+    """The results directory as an outputs.Output: refused when it holds anything but a suite's work/ (kept
+    across --overwrite: the suite reuses the steps it finds there) unless --overwrite, or when it is, holds or
+    lies inside an engine or the evaluation data."""
+    from ..outputs import Output
+
+    def path(spec: str) -> str:
+        return spec.rpartition("=")[2] if not Path(spec).exists() else spec
+
+    return Output(
+        output,
+        overwrite,
+        {
+            "--engine": [path(e) for e in engines],
+            "--baseline": [path(b) for b in baselines],
+            "--eval-data": config.eval_data,
+        },
+        keep=("work",),
+    )
 
 
 def write(results: BenchResults, out: Path) -> list[str]:

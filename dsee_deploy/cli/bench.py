@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(argv: list[str] | None = None) -> int:
     from ..bench.run import bench as bench_verb
+    from ..bench.run import bench_output
 
     args = build_parser().parse_args(argv)
     out = Path(args.output)
-    if (out / "results.json").exists() and not args.overwrite:  # before a suite trains for an hour
-        raise DSEEError(f"--output '{out}' already holds results.json: pass --overwrite to replace it")
+    # Before a suite trains for an hour: the output must be free (or --overwrite) and writable.
+    bench_output(out, args.overwrite, args.engine, args.baseline, BenchConfig()).probe()
     settings: dict = {}
     engines, baselines = args.engine, args.baseline
     if args.suite:
@@ -74,7 +75,7 @@ def bench(argv: list[str] | None = None) -> int:
     if unknown:
         raise DSEEError(f"the suite's [bench] has unknown keys {sorted(unknown)}: see dsee-bench --help")
     settings.update({k: v for k, v in vars(args).items() if k in names})  # the command line wins
-    bench_verb(engines, baselines, BenchConfig(**settings), output=out, overwrite=True)
+    bench_verb(engines, baselines, BenchConfig(**settings), output=out, overwrite=args.overwrite)
     print((out / "report.md").read_text())
     plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {plots}")

@@ -75,7 +75,7 @@ class Triton(EngineFormat):
     name = "triton"
 
     def target(self, output: Path, config, source: Path) -> Path:
-        name = config.name or source.resolve().name
+        name = self.model_name(config, source)
         if not _SAFE_NAME.match(name):
             raise DSEEError(
                 f"--name '{name}' is not a model name: Triton names one folder of the repository; use letters, "
@@ -83,13 +83,18 @@ class Triton(EngineFormat):
             )
         return output / name
 
+    @staticmethod
+    def model_name(config, source: Path) -> str:
+        return config.name or Path(source).resolve().name
+
     def finish(self, graph: Path, out: Path, config, manifest) -> None:
         from .triton import write_config
 
         (out / "1").mkdir()
         graph.replace(out / "1" / "model.onnx")
         cpu_only = PRECISIONS[manifest.precision].cpu_only
-        write_config(out, config.max_batch_size, config.max_queue_delay_us, cpu_only=cpu_only)
+        name = self.model_name(config, Path(manifest.source))
+        write_config(out, name, config.max_batch_size, config.max_queue_delay_us, cpu_only=cpu_only)
         manifest.engine = "1/model.onnx"
         manifest.triton = {
             "max_batch_size": config.max_batch_size,

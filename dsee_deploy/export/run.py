@@ -26,6 +26,7 @@ class ExportFailed(DSEEError):
     def __init__(self, message: str, manifest: Manifest):
         super().__init__(message)
         self.manifest = manifest
+        self.path: Path | None = None  # where the failed export was kept
 
 
 def export(
@@ -46,19 +47,50 @@ def export(
     fmt.check(config)
     require_extra("export", "onnx", "optimum.exporters.onnx")
     require_extra("tune", "torch", "transformers", "safetensors")
-    from ..checkpoint import check_output_dir, prepare_output_dir
+    from ..checkpoint import recorded_base
+    from ..outputs import Output
 
     src = Path(checkpoint)
-    target = fmt.target(Path(output), config, src)
-    check_output_dir(target, overwrite)
-    inside = target.resolve()
-    if inside == src.resolve() or src.resolve() in inside.parents or inside in src.resolve().parents:
-        raise DSEEError(
-            f"--output '{target}' is, holds or lies inside the checkpoint '{src}': export to another directory"
-        )
+    target = Output(
+        fmt.target(Path(output), config, src),
+        overwrite,
+        {
+            "the checkpoint": src,
+            "--base-model": base_model or recorded_base(src),
+            "--validate-data": config.validate_data,
+        },
+    )
     if config.validate_data and not Path(config.validate_data).is_file():
         raise DSEEError(f"--validate-data file '{config.validate_data}' does not exist: check the path")
     started = time.perf_counter()
+    out = target.start()  # first: an unwritable --output fails before anything slow
+    try:
+        manifest = _export(src, config, base_model, out, started)
+    except ExportFailed as exc:
+        exc.path = _keep_failed(target)
+        if exc.path is not None:
+            exc.args = (f"{exc} (the failed export and its manifest are kept in '{exc.path}')",)
+        raise
+    except BaseException:
+        target.abort()
+        raise
+    target.commit()
+    return manifest
+
+
+def _keep_failed(target) -> Path | None:
+    """A failed export is kept for inspection (its manifest says failed; Engine.load refuses it): in place of a
+    target that did not exist, else beside it, so that a working engine is never replaced by a failed one."""
+    if not target.target.exists():
+        return target.commit()
+    beside = target.target.with_name(target.target.name + ".failed")
+    if beside.is_symlink() or (beside.exists() and not beside.is_dir()):
+        target.abort()
+        return None
+    return target.commit(beside)
+
+
+def _export(src: Path, config: ExportConfig, base_model: str | None, out: Path, started: float) -> Manifest:
     source = load_source(src, config, base_model)
     if config.validate_data and not source.task.spec.labelled:
         raise DSEEError(
@@ -69,7 +101,6 @@ def export(
         from ..runtime.evaluate import read_labelled
 
         labelled = read_labelled(config.validate_data, "--validate-data", source.task)
-    out = prepare_output_dir(target, overwrite)
     manifest = describe(source, config)
     try:
         _stages(source, config, out, manifest, labelled)

@@ -10,9 +10,12 @@ from pathlib import Path
 TYPES = {7: "TYPE_INT64", 6: "TYPE_INT32", 1: "TYPE_FP32", 10: "TYPE_FP16"}
 
 
-def write_config(model_dir: Path, max_batch_size: int, queue_delay_us: int, cpu_only: bool) -> Path:
-    """config.pbtxt for the graph in `model_dir`/1/model.onnx: dynamic batching, dims from the graph (the
-    batch axis left to max_batch_size, every other symbolic axis -1)."""
+def write_config(
+    model_dir: Path, name: str, max_batch_size: int, queue_delay_us: int, cpu_only: bool
+) -> Path:
+    """config.pbtxt of model `name` for the graph in `model_dir`/1/model.onnx (the folder is written under
+    another name and moved into the repository when complete): dynamic batching, dims from the graph (the batch
+    axis left to max_batch_size, every other symbolic axis -1)."""
     import onnx
 
     graph = onnx.load(str(model_dir / "1" / "model.onnx"), load_external_data=False).graph
@@ -30,7 +33,7 @@ def write_config(model_dir: Path, max_batch_size: int, queue_delay_us: int, cpu_
         return ",\n".join(entries)
 
     lines = [
-        f"name: {json.dumps(model_dir.name)}",
+        f"name: {json.dumps(name)}",
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {max_batch_size}",
         f"input [\n{tensors(graph.input)}\n]",

@@ -27,13 +27,13 @@ def prune(
     from ..checkpoint import (
         MASKS_FILE,
         CheckpointInfo,
-        check_output_dir,
         load_dsee,
-        prepare_output_dir,
         read_pruning,
+        recorded_base,
         save_checkpoint,
     )
     from ..data import Task
+    from ..outputs import Output
     from ..tuning import DSEEConfig
     from .masks import load_masks
     from .prune import prune_model
@@ -43,35 +43,39 @@ def prune(
         raise DSEEError(
             "nothing to prune: pass --prune-heads, --prune-ffn or --prune-unstructured (or --report)"
         )
-    check_output_dir(output, overwrite)
-    model, tokenizer, info = load_dsee(ckpt, base_model)
-    previous = read_pruning(ckpt)
-    task = Task.from_dict(info["task"])
-    batches = None
-    if config.structured and config.structured_importance() == "taylor":
-        batches = _taylor_batches(
-            train or info.get("data", {}).get("train"), tokenizer, task, config, batch_size
-        )
-    record, masks = prune_model(model, config, batches, previous, seq_len=config.flops_seq_len)
-    if previous and previous["unstructured"] and (ckpt / MASKS_FILE).is_file():
-        masks = {**load_masks(ckpt / MASKS_FILE), **masks}
-    out = prepare_output_dir(output, overwrite)
-    extra = {k: info[k] for k in ("data",) if k in info}
-    dsee = DSEEConfig.from_dict(info["dsee"])
-    metrics = {"pruned_from": str(ckpt)}
-    save_checkpoint(
-        out,
-        model,
-        tokenizer,
-        dsee,
-        task,
-        info["base_model"],
-        metrics,
-        pruning=record,
-        masks=masks,
-        extra=extra,
+    target = Output(
+        output,
+        overwrite,
+        {"the checkpoint": ckpt, "--train": train, "--base-model": base_model or recorded_base(ckpt)},
     )
-    return CheckpointInfo(out, task, metrics, dsee, record)
+    with target as out:  # started first: an unwritable --output fails before the model loads
+        model, tokenizer, info = load_dsee(ckpt, base_model)
+        previous = read_pruning(ckpt)
+        task = Task.from_dict(info["task"])
+        batches = None
+        if config.structured and config.structured_importance() == "taylor":
+            batches = _taylor_batches(
+                train or info.get("data", {}).get("train"), tokenizer, task, config, batch_size
+            )
+        record, masks = prune_model(model, config, batches, previous, seq_len=config.flops_seq_len)
+        if previous and previous["unstructured"] and (ckpt / MASKS_FILE).is_file():
+            masks = {**load_masks(ckpt / MASKS_FILE), **masks}
+        extra = {k: info[k] for k in ("data",) if k in info}
+        dsee = DSEEConfig.from_dict(info["dsee"])
+        metrics = {"pruned_from": str(ckpt)}
+        save_checkpoint(
+            out,
+            model,
+            tokenizer,
+            dsee,
+            task,
+            info["base_model"],
+            metrics,
+            pruning=record,
+            masks=masks,
+            extra=extra,
+        )
+    return CheckpointInfo(target.target, task, metrics, dsee, record)
 
 
 def _taylor_batches(source: str | None, tokenizer, task, config: PruneConfig, batch_size: int) -> list[dict]:

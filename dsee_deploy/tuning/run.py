@@ -62,8 +62,9 @@ def tune(
     dsee-tune / dsee-prune checkpoint (its model, DSEE config, task and metric, pruning). `prune` (a
     PruneConfig) prunes after tuning and re-tunes. Returns the CheckpointInfo."""
     require_extra("tune", "torch", "transformers", "datasets", "safetensors")
-    from ..checkpoint import check_output_dir
+    from ..checkpoint import recorded_base
     from ..models import DEFAULT_MODEL
+    from ..outputs import Output
     from ..pruning import PruneConfig
 
     started = time.perf_counter()
@@ -75,13 +76,24 @@ def tune(
             "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
         )
     # Check everything cheap before anything slow: options, the output, the model's architecture, the data.
-    check_output_dir(output, overwrite)
+    target = Output(
+        output,
+        overwrite,
+        {
+            "--train": train,
+            "--eval": eval,
+            "--test": test,
+            "--model": model,
+            "--resume": resume,
+            "--base-model": base_model or (recorded_base(resume) if resume else None),
+        },
+    )
     if resume:
         run, data = resume_run(resume, base_model, train, eval, test, config)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
     session = Session(run, config, prune)
-    return session.execute(data, Path(output), overwrite, started, {"train": train, "eval": eval})
+    return session.execute(data, target, started, {"train": train, "eval": eval})
 
 
 def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig, fixed_task=None) -> Data:
@@ -170,8 +182,18 @@ class Session:
         self.trainer = None
         self.steps = self.wall = 0.0
 
-    def execute(self, data: Data, output: Path, overwrite: bool, started: float, sources: dict):
-        from ..checkpoint import prepare_output_dir
+    def execute(self, data: Data, target, started: float, sources: dict):
+        """Train, prune and re-tune, evaluate, and save into `target` (an outputs.Output), moved into place only
+        when complete: an interrupted run leaves the previous output as it was."""
+        try:
+            out = self._execute(data, target.start(), started, sources)
+        except BaseException:
+            target.abort()
+            raise
+        out.path = target.commit()
+        return out
+
+    def _execute(self, data: Data, out: Path, started: float, sources: dict):
         from ..tuning import count_parameters
 
         run, config = self.run, self.config
@@ -182,7 +204,6 @@ class Session:
             f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
         )
         self.train_ds, self.eval_ds, self.test_ds = data.encode_all(run.tokenizer)
-        out = prepare_output_dir(output, overwrite)
         self.work = out / "trainer"
         metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
         if config.epochs > 0:  # --epochs 0: straight to pruning (e.g. with --resume of a tuned checkpoint)

@@ -1,0 +1,165 @@
+"""Where a command writes: checked before any slow work, built in a hidden directory beside the target, and moved
+into place only once complete.
+
+Every verb (tune, prune, export, bench) writes through `Output`, so that
+- an output that is, holds or lies inside one of the command's inputs is refused up front (`--overwrite` would
+  otherwise delete the checkpoint, the base model or the data the command is about to read);
+- an existing non-empty output is replaced only with `--overwrite`, and only when the new one is complete: an
+  interrupted run (Ctrl-C, SIGKILL, a full disk) leaves the previous output as it was, and nothing under the
+  target's name that a later command would take for complete.
+
+The work happens in `.NAME.partial-PID` beside the target (same filesystem, so the final move is a rename);
+one left behind by a killed process is removed by the next run that writes the same target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import DSEEError
+
+PARTIAL = ".partial-"
+
+
+def _related(out: Path, inp: Path) -> str | None:
+    """How output `out` relates to input `inp` (both resolved), or None when they are apart."""
+    if out == inp:
+        return "is"
+    if out in inp.parents:
+        return "holds"
+    if inp in out.parents:
+        return "lies inside"
+    return None
+
+
+def check_output(
+    path: str | Path,
+    overwrite: bool,
+    inputs: Mapping[str, str | Path | Iterable[str | Path] | None] = (),
+    flag: str = "--output",
+    keep: tuple[str, ...] = (),
+) -> Path:
+    """Refuse `path` when it is a file or a symbolic link, when it is, holds or lies inside any of `inputs`
+    ({flag: path or paths}; missing ones are skipped), or when it exists with content (other than the entries
+    `keep`) and `overwrite` is off. Touches nothing."""
+    out = Path(path)
+    if out.is_symlink():
+        raise DSEEError(
+            f"{flag} '{out}' is a symbolic link (to '{os.readlink(out)}'): pass the directory itself, or another "
+            f"path"
+        )
+    if out.exists() and not out.is_dir():
+        raise DSEEError(f"{flag} '{out}' exists and is a file: choose a directory path")
+    resolved = out.resolve()
+    for name, value in dict(inputs).items():
+        values = [value] if isinstance(value, (str, Path)) else list(value or ())
+        for item in values:
+            if item is None or not Path(item).exists():
+                continue
+            inp = Path(item).resolve()
+            relation = _related(resolved, inp)
+            if relation == "holds" and inp.relative_to(resolved).parts[0] in keep:
+                continue  # inside an entry that --overwrite keeps (a suite's work/)
+            if relation:
+                raise DSEEError(
+                    f"{flag} '{out}' {relation} {name} '{item}': write the output somewhere else (with "
+                    f"--overwrite it would delete the input first)"
+                )
+    if out.is_dir() and not overwrite and any(p.name not in keep for p in out.iterdir()):
+        raise DSEEError(f"{flag} '{out}' already exists and is not empty: pass --overwrite to replace it")
+    return out
+
+
+class Output:
+    """A target directory written atomically: check it, `start()` the hidden work directory (cheap: call it
+    before the slow work, so that an unwritable place fails first), write into `.path`, then `commit()`;
+    `abort()` (or leaving a `with` block by an exception) removes the work directory and keeps the target."""
+
+    def __init__(
+        self,
+        target: str | Path,
+        overwrite: bool,
+        inputs: Mapping[str, str | Path | Iterable[str | Path] | None] = (),
+        flag: str = "--output",
+        keep: tuple[str, ...] = (),
+    ):
+        self.target = check_output(target, overwrite, inputs, flag, keep)
+        self.flag, self.keep = flag, keep
+        self.path: Path | None = None
+
+    def start(self) -> Path:
+        parent = self.target.absolute().parent
+        above = next(p for p in (parent, *parent.parents) if p.exists())
+        if not above.is_dir():
+            raise DSEEError(f"{self.flag} '{self.target}' cannot be created: '{above}' is a file")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale(parent, self.target.name)
+            work = parent / f".{self.target.name}{PARTIAL}{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+        except OSError as exc:
+            raise DSEEError(
+                f"{self.flag} '{self.target}' cannot be written ({exc.strerror or exc}): choose a writable path"
+            ) from exc
+        self.path = work
+        return work
+
+    def probe(self) -> None:
+        """Check now that the target can be written (before a long run that writes it at the end)."""
+        self.start()
+        self.abort()
+
+    def commit(self, target: Path | None = None) -> Path:
+        """Move the finished work into place (or at `target`, e.g. beside it for a failed export), replacing
+        what was there; entries named in `keep` move over from the old directory."""
+        assert self.path is not None, "Output.start() first"
+        shown = target or self.target
+        dest = shown.absolute()
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        if dest.exists():
+            for name in self.keep:
+                if (dest / name).exists() and not (self.path / name).exists():
+                    (dest / name).rename(self.path / name)
+            dest.rename(old)
+        self.path.rename(dest)
+        self.path = None
+        shutil.rmtree(old, ignore_errors=True)
+        return shown
+
+    def abort(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+    def __enter__(self) -> Path:
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _remove_stale(parent: Path, name: str) -> None:
+    """Work directories of `name` whose process is gone (killed before it could clean up)."""
+    for entry in parent.glob(f".{name}{PARTIAL}*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
