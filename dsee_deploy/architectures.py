@@ -57,6 +57,7 @@ class ArchSpec:
     onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     # config.json keys of the maximum positions, the head count and the hidden size.
     positions_key: str = "max_position_embeddings"
+    position_offset: int = 0  # positions below this are reserved (RoBERTa counts from padding_idx + 1)
     heads_key: str = "num_attention_heads"
     hidden_key: str = "hidden_size"
 
@@ -82,6 +83,10 @@ class ArchSpec:
 
     def max_positions(self, config) -> int:
         return int(_key(config, self.positions_key))
+
+    def max_tokens(self, config) -> int:
+        """The longest input the model takes: its positions less those its embeddings reserve."""
+        return self.max_positions(config) - self.position_offset
 
     def feeds(
         self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray | None = None
@@ -168,6 +173,7 @@ class BertSpec(ArchSpec):
 @register
 class RobertaSpec(BertSpec):
     model_type = "roberta"
+    position_offset = 2
 
 
 @register

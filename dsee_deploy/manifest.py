@@ -3,10 +3,16 @@ runtime, its geometry, and how it was checked. The Engine, dsee-bench and the CL
 
 A failed export writes it too, with `status: "failed"`, the error and everything known up to the failure, so
 that it can be inspected; nothing reads a failed engine as a complete one.
+
+Reading an engine verifies it (`Manifest.read(verify=True)`, the default of Engine.load, dsee-serve and
+dsee-bench): every file the manifest lists has its sha256, every path stays inside the directory, and the
+manifest's own `digest` matches its content. That catches damaged, swapped or edited files and a manifest of
+another engine; it is not a signature (whoever can write the directory can rewrite the hashes too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,9 +21,12 @@ from .errors import DSEEError
 from .tasks import get_task
 
 FILE = "manifest.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Version 2 (dsee-deploy before the Manifest class) has the same keys less some added since; it reads as is.
-READABLE = (2, FORMAT_VERSION)
+# Version 3 has no digest of its own content (its files are still verified).
+READABLE = (2, 3, FORMAT_VERSION)
+# Files every engine directory holds besides the engine file (Engine.load reads them).
+REQUIRED = ("tokenizer.json", "config.json")
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Manifest:
     error: str | None = None
     export_seconds: float | None = None
     files: dict = field(default_factory=dict, metadata={"help": "sha256 of every file beside it."})
+    digest: str | None = field(default=None, metadata={"help": "sha256 of this manifest's other fields."})
     format_version: int = FORMAT_VERSION
 
     @property
@@ -101,9 +111,29 @@ class Manifest:
             raise DSEEError(f"{where} lacks {', '.join(missing)}: export the engine again with dsee-export")
         return cls(**data)
 
+    def content_digest(self) -> str:
+        data = {k: v for k, v in self.to_dict().items() if k != "digest"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def failures(self) -> list[str]:
+        """The checks this engine failed, as recorded (a failed export, or a validation that did not pass)."""
+        failed = [self.error or "the export failed"] if self.status != "complete" else []
+        checks = (
+            ("validation", "fp32 validation against PyTorch"),
+            ("validation_reduced", f"{self.precision} validation against PyTorch"),
+            ("validate_data", "the --validate-data metric gate"),
+        )
+        for name, what in checks:
+            record = getattr(self, name)
+            if isinstance(record, dict) and record.get("passed") is False:
+                failed.append(f"{what} did not pass")
+        return failed
+
     @classmethod
-    def read(cls, engine_dir: str | Path) -> Manifest:
-        """The manifest of a dsee-export directory, refused with the fix where it is absent, damaged or failed."""
+    def read(cls, engine_dir: str | Path, verify: bool = True) -> Manifest:
+        """The manifest of a dsee-export directory, refused with the fix where it is absent, damaged or failed.
+        `verify` checks the files against their recorded sha256 (see the module's notes; it reads every file
+        once: about a second per GB here)."""
         path = Path(engine_dir)
         if not path.is_dir():
             raise DSEEError(
@@ -122,14 +152,62 @@ class Manifest:
             raise DSEEError(f"'{path / FILE}' is not a manifest: export the engine again")
         manifest = cls.from_dict(data, f"'{path / FILE}'")
         get_task(manifest.task)  # an unknown task is refused here
-        if manifest.status != "complete":
+        failures = manifest.failures()
+        if failures:
             raise DSEEError(
-                f"engine '{path}' is the output of a failed export ({manifest.error or 'no reason recorded'}): "
-                f"fix what it says and export again"
+                f"engine '{path}' failed its export checks ({'; '.join(failures)}): it is not served or "
+                f"benchmarked; fix what the export said and export again (dsee-export CKPT --output {path} "
+                f"--overwrite)"
             )
+        for name in (manifest.engine, *manifest.files):
+            inside(path, name, f"'{path / FILE}'")
+        if verify:
+            manifest.verify(path)
         return manifest
 
+    def verify(self, engine_dir: Path) -> None:
+        """Refuse a manifest edited since export, and files missing from, changed in or added to the listed
+        ones' hashes."""
+        where = f"'{engine_dir / FILE}'"
+        fix = f"export the engine again (dsee-export CKPT --output {engine_dir} --overwrite)"
+        if self.digest is not None and self.digest != self.content_digest():
+            raise DSEEError(f"{where} was edited after export (its digest does not match its content): {fix}")
+        if not self.files:
+            raise DSEEError(f"{where} lists no file hashes, so the engine cannot be verified: {fix}")
+        for name in {self.engine, *REQUIRED} - set(self.files):
+            raise DSEEError(f"{where} does not list {name}, so it belongs to another engine: {fix}")
+        for name, expected in sorted(self.files.items()):
+            file = engine_dir / name
+            if not file.is_file():
+                raise DSEEError(f"engine '{engine_dir}' is missing {name}: {fix}")
+            if file_sha256(file) != expected:
+                raise DSEEError(
+                    f"engine '{engine_dir}': {name} is not the file that was exported (its sha256 differs from "
+                    f"the manifest's): {fix}, or pass verify=False / --no-verify if you changed it on purpose"
+                )
+
     def write(self, engine_dir: str | Path) -> Path:
+        self.digest = self.content_digest()
         path = Path(engine_dir) / FILE
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def inside(engine_dir: Path, name: str, where: str) -> Path:
+    """`engine_dir`/`name`, refused unless it stays inside the directory (no absolute path, no '..')."""
+    root = engine_dir.resolve()
+    resolved = (engine_dir / name).resolve()
+    if Path(name).is_absolute() or (resolved != root and root not in resolved.parents):
+        raise DSEEError(
+            f"{where} names '{name}', which is outside the engine directory: an engine reads only its own files; "
+            f"export it again"
+        )
+    return resolved
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

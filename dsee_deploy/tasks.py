@@ -65,6 +65,10 @@ class TaskSpec:
         """What the engine returns for the graph output `values` of n inputs."""
         return values
 
+    def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
+        """The width of the engine output for config.json's `labels` (None: not fixed by them)."""
+        return None
+
     def score(
         self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
     ) -> float:
@@ -118,6 +122,9 @@ class Classification(TaskSpec):
     problem_type = "single_label_classification"
     architectures = ("ForSequenceClassification",)
 
+    def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
+        return len(labels) or None
+
     def predictions(self, values: np.ndarray) -> np.ndarray:
         return values.argmax(-1)
 
@@ -163,6 +170,9 @@ class Regression(TaskSpec):
     problem_type = "regression"
     continuous_labels = True
 
+    def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
+        return 1
+
     def predictions(self, values: np.ndarray) -> np.ndarray:
         return values.reshape(-1)
 
@@ -205,6 +215,9 @@ class FeatureExtraction(TaskSpec):
     engine_output = "sentence_embedding"
     verb = "embed"
     pooled = True
+
+    def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
+        return hidden_size
 
 
 def _f1(pred: np.ndarray, true: np.ndarray) -> float:

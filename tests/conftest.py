@@ -275,3 +275,44 @@ def pruned_bert(tiny_bases, tmp_path, monkeypatch):
 def labelled(tmp_path):
     rows = [(text, ["neg", "pos"][label]) for text, label in sentences(64, seed=3)]
     return write_tsv(tmp_path / "labelled.tsv", ["sentence", "label"], rows)
+
+
+# --- engines for the serving tests, built once per session ------------------------------------------------
+
+# What the serving engines are tuned with: FAST's flags as a TuneConfig.
+FAST_TUNE = dict(max_steps=4, batch_size=8, max_length=24)
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory) -> dict:
+    """Tiny real engines: classification (BERT, string labels), regression on sentence pairs (DistilBERT: no
+    token_type_ids), and feature extraction (the bare BERT encoder), each through dd.export."""
+    import dsee_deploy as dd
+
+    root = tmp_path_factory.mktemp("serve")
+    bert, distil = build_base("bert", root / "bert"), build_base("distilbert", root / "distilbert")
+    rows = [(s, ["negative", "positive"][y]) for s, y in sentences(96, 1)]
+    cls_data = write_tsv(root / "cls.tsv", ["sentence", "label"], rows)
+    pairs = [
+        (a, b, round(1.7 * y + 0.3 * (i % 3), 2))
+        for i, ((a, y), (b, _)) in enumerate(zip(sentences(40, 5), sentences(40, 6), strict=True))
+    ]
+    reg_data = write_tsv(root / "sts.tsv", ["sentence1", "sentence2", "score"], pairs)
+    out = {}
+    for name, base, data in (("classification", bert, cls_data), ("regression", distil, reg_data)):
+        dd.tune(data, root / f"{name}-ckpt", model=str(base), config=dd.TuneConfig(**FAST_TUNE))
+        dd.export(root / f"{name}-ckpt", root / name)
+        out[name] = root / name
+    dd.export(root / "classification-ckpt", root / "triton", dd.ExportConfig(format="triton", name="sst"))
+    out["triton"] = root / "triton" / "sst"
+    dd.export(bert, root / "fe", dd.ExportConfig(task="feature-extraction"))
+    out["feature-extraction"] = root / "fe"
+    out["bert-base"] = bert
+    return out
+
+
+@pytest.fixture(scope="session")
+def classifier(engines):
+    from dsee_deploy.serve import Engine
+
+    return Engine.load(engines["classification"], threads=1)

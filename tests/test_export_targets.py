@@ -184,8 +184,8 @@ def test_export_bad_options_are_one_line(pruned_bert, labelled, tmp_path, capsys
         (["--output", tmp_path / "e", "--format", "tensorrt", "--max-shape", "big"], "--max-shape 'big'"),
         (["--output", tmp_path / "e", "--validate-data", tmp_path / "none.tsv"], "does not exist"),
         (["--output", tmp_path / "e", "--task", "ner"], "--task 'ner'"),
-        (["--output", pruned_bert / "engine", "--overwrite"], "inside the checkpoint"),
-        (["--output", pruned_bert, "--overwrite"], "inside the checkpoint"),
+        (["--output", pruned_bert / "engine", "--overwrite"], "lies inside the checkpoint"),
+        (["--output", pruned_bert, "--overwrite"], "is the checkpoint"),
         (
             ["--output", tmp_path / "e", "--task", "feature-extraction", "--validate-data", labelled],
             "this export is feature-extraction: drop it",

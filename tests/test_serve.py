@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_base, sentences, write_tsv
+from conftest import sentences, write_tsv
 
 import dsee_deploy as dd
 from dsee_deploy.cli.serve import main as serve_cli
@@ -29,41 +29,9 @@ from dsee_deploy.serve.batching import Draining, MicroBatcher
 from dsee_deploy.serve.load import Connection, run_load
 from dsee_deploy.serve.options import ScaleOptions
 
-FAST = dd.TuneConfig(max_steps=4, batch_size=8, max_length=24)
 # Batches are padded per bucket, so the same input meets other GEMM shapes and padding in a server batch than
 # alone: fp32 rounding moves probabilities by ~1e-7, well inside this.
 SCORE_ATOL = 1e-5
-
-
-@pytest.fixture(scope="session")
-def engines(tmp_path_factory) -> dict:
-    """Tiny real engines: classification (BERT, string labels), regression on sentence pairs (DistilBERT: no
-    token_type_ids), and feature extraction (the bare BERT encoder), each through dd.export."""
-    root = tmp_path_factory.mktemp("serve")
-    bert, distil = build_base("bert", root / "bert"), build_base("distilbert", root / "distilbert")
-    rows = [(s, ["negative", "positive"][y]) for s, y in sentences(96, 1)]
-    cls_data = write_tsv(root / "cls.tsv", ["sentence", "label"], rows)
-    pairs = [
-        (a, b, round(1.7 * y + 0.3 * (i % 3), 2))
-        for i, ((a, y), (b, _)) in enumerate(zip(sentences(40, 5), sentences(40, 6), strict=True))
-    ]
-    reg_data = write_tsv(root / "sts.tsv", ["sentence1", "sentence2", "score"], pairs)
-    out = {}
-    for name, base, data in (("classification", bert, cls_data), ("regression", distil, reg_data)):
-        dd.tune(data, root / f"{name}-ckpt", model=str(base), config=FAST)
-        dd.export(root / f"{name}-ckpt", root / name)
-        out[name] = root / name
-    dd.export(root / "classification-ckpt", root / "triton", dd.ExportConfig(format="triton", name="sst"))
-    out["triton"] = root / "triton" / "sst"
-    dd.export(bert, root / "fe", dd.ExportConfig(task="feature-extraction"))
-    out["feature-extraction"] = root / "fe"
-    out["bert-base"] = bert
-    return out
-
-
-@pytest.fixture(scope="session")
-def classifier(engines) -> Engine:
-    return Engine.load(engines["classification"], threads=1)
 
 
 TEXTS = [s for s, _ in sentences(40, seed=3)] + ["good", "a " * 80 + "film"]  # the last is truncated
@@ -248,12 +216,17 @@ def test_engine_refuses_bad_input_with_one_line(engines, classifier, tmp_path):
             lambda: Engine.load(tmp_path / "nowhere"),
             "does not exist: pass a directory written by dsee-export",
         ),
-        (lambda: Engine.load(no_model), "has no model.onnx: export it again with dsee-export"),
+        (lambda: Engine.load(no_model), "is missing model.onnx: export the engine again"),
+        (lambda: Engine.load(no_model, verify=False), "has no model.onnx: export it again with dsee-export"),
         (lambda: Engine.load(no_manifest), "has no manifest.json, so it was not written by dsee-export"),
-        (lambda: Engine.load(plan), "model.plan without model.onnx"),
-        (lambda: Engine.load(broken), "could not be loaded .*: export it again"),
+        # Edited manifests and files are refused by verification (test_engine_verification); past it:
+        (lambda: Engine.load(plan, verify=False), "model.plan without model.onnx"),
+        (lambda: Engine.load(broken, verify=False), "could not be loaded .*: export it again"),
         (lambda: Engine.load(engines["classification"], threads=0), "threads=0 is not a thread count"),
-        (lambda: Engine.load(lm).predict(["x"]), r"causal-lm engine: predict\(\) serves classification"),
+        (
+            lambda: Engine.load(lm, verify=False).predict(["x"]),
+            r"causal-lm engine: predict\(\) serves classification",
+        ),
         (lambda: classifier.embed(["x"]), "export the model with feature extraction"),
         (lambda: classifier.predict("a film"), "inputs is a str: pass a list of texts"),
         (lambda: classifier.predict(["ok", 3]), r"inputs\[1\] is a int"),

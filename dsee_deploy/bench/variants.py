@@ -15,6 +15,7 @@ from ..errors import DSEEError
 from ..flops import encoder_flops
 from ..manifest import Manifest
 from ..runtime import make_session
+from ..runtime.text import read_json
 from ..tasks import Classification
 
 
@@ -60,8 +61,12 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
     flag = "--baseline" if baseline else "--engine"
     if not (root / "manifest.json").is_file():
         raise DSEEError(f"{flag} '{path}' is not a dsee-export directory (no manifest.json): export it first")
-    manifest = Manifest.read(root)
-    config = json.loads((root / "config.json").read_text())
+    manifest = Manifest.read(root)  # verified: a damaged, swapped or failed engine is refused here
+    config = read_json(root / "config.json", None)
+    if not isinstance(config, dict) or "vocab_size" not in config:
+        raise DSEEError(
+            f"{flag} '{path}' has no readable config.json with the model's geometry: export it again"
+        )
     if not manifest.engine.endswith(".onnx"):
         raise DSEEError(
             f"{flag} '{path}' holds a {manifest.engine} engine: dsee-bench times ONNX engines; pass the "
@@ -96,7 +101,7 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
 
 def source_of(variant: Variant) -> Path:
     """The checkpoint or model directory an engine was exported from (recorded in its manifest)."""
-    return Path(Manifest.read(variant.root).source)
+    return Path(Manifest.read(variant.root, verify=False).source)  # verified when the variant was made
 
 
 def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:

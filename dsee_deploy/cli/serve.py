@@ -39,12 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Truncate inputs to this many tokens (default: the length the model was tuned with).",
     )
     add_fields(p, ServeOptions)
-    p.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=30.0,
-        help="Seconds to finish requests in flight on SIGTERM.",
-    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="Log every request (costs throughput).")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the 'ray' extra)")
@@ -72,14 +66,20 @@ def serve(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ..serve import Engine, create_app
+    from ..serve.app import listen
 
+    sock = listen(args.host, args.port)  # first: a port in use is told before the engine loads
     # ORT's threads spin only briefly: between runs the cores belong to the event loop and the clients.
     engine = Engine.load(
-        args.engine, threads=args.threads, max_length=args.max_length, spin_us=options.spin_us
+        args.engine,
+        threads=args.threads,
+        max_length=args.max_length,
+        spin_us=options.spin_us,
+        verify=options.verify,
     )
     app = create_app(engine, options)
     print(
-        f"serving {args.engine} ({engine.task}, {engine.provider}) on http://{args.host}:{args.port}: "
+        f"serving {args.engine} ({engine.task}, {engine.provider}) on http://{args.host}:{sock.getsockname()[1]}: "
         f"max batch {options.max_batch_size}, max wait {options.max_wait_ms:g} ms",
         file=sys.stderr,
     )
@@ -89,13 +89,14 @@ def serve(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=args.graceful_timeout,
+        timeout_graceful_shutdown=options.graceful_timeout_s,
+        limit_concurrency=options.max_connections,
     )
     # On SIGTERM uvicorn stops accepting, finishes the requests in flight, runs the app's shutdown (which
     # answers whatever is still queued), then raises the signal again for the previous handler: this one, so
     # that a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
@@ -106,7 +107,8 @@ def _serve_on_ray(args, options: ServeOptions, scale: ScaleOptions) -> int:
 
     from ..serve import Engine, ray_app
 
-    Engine.load(args.engine, threads=1)  # bad input fails here, in one line, before Ray starts
+    # bad input fails here, in one line, before Ray starts
+    Engine.load(args.engine, threads=1, max_length=args.max_length, verify=options.verify)
     if args.ray_address:
         ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.WARNING)
     else:  # a cluster of this machine alone, bound to loopback

@@ -6,7 +6,6 @@ Each stage is a function that returns its piece of the Manifest; format and prec
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from pathlib import Path
@@ -279,8 +278,10 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
 
 
 def _hashes(out: Path) -> dict:
+    from ..manifest import file_sha256
+
     return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(out)): file_sha256(p)
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != "manifest.json"
     }

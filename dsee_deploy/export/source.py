@@ -100,7 +100,7 @@ def _tuned_length(src: Path, tokenizer, arch, config) -> int:
     recorded = _metrics(src).get("max_length")
     if isinstance(recorded, int) and recorded > 1:
         return recorded
-    positions = arch.max_positions(config)
+    positions = arch.max_tokens(config)
     limit = getattr(tokenizer, "model_max_length", positions) or positions
     return int(min(limit, positions))
 

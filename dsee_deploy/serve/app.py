@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -28,11 +29,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import DSEEError
 from .batching import Draining, MicroBatcher
-from .engine import Engine
+from .engine import Engine, check_text
 from .options import ServeOptions
 
 log = logging.getLogger("dsee_deploy.serve")
@@ -55,6 +57,10 @@ def parse_inputs(body: bytes, options: ServeOptions) -> list:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f'the body is not valid JSON ({exc}): send {{"inputs": ["a text"]}}') from exc
+    except RecursionError:
+        raise RequestError(
+            400, 'the body nests JSON too deeply to parse: send {"inputs": ["a text"]}'
+        ) from None
     if not isinstance(data, dict) or "inputs" not in data:
         raise RequestError(
             422, 'the body has no "inputs": send {"inputs": ["a text", ["a text", "its pair"]]}'
@@ -76,6 +82,10 @@ def parse_inputs(body: bytes, options: ServeOptions) -> list:
             x = (x[0], x[1])
         elif not isinstance(x, str):
             raise RequestError(422, f"inputs[{i}] is not a text or a [text, text pair] pair of texts")
+        try:
+            check_text(x, f"inputs[{i}]")
+        except DSEEError as exc:
+            raise RequestError(422, str(exc)) from None
         longest = max(map(len, x)) if isinstance(x, tuple) else len(x)
         if longest > options.max_chars:
             raise RequestError(
@@ -85,6 +95,43 @@ def parse_inputs(body: bytes, options: ServeOptions) -> list:
             )
         items.append(x)
     return items
+
+
+async def read_body(request: Request, max_body: int, options: ServeOptions) -> bytes:
+    """The request body, read while counting: refused (413) as soon as it passes `max_body` bytes, whatever
+    Content-Length says or when the body is chunked, and (408) when the client takes longer than
+    `options.body_timeout_s` to send it. Starlette's request.body() reads everything first."""
+    declared = request.headers.get("content-length")
+    too_large = RequestError(
+        413,
+        f"the body has more than {max_body} bytes, more than {options.max_inputs} inputs of "
+        f"{options.max_chars} characters can take: split the request",
+    )
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise too_large
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.body_timeout_s
+    chunks, size = [], 0
+    stream = request.stream()
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), max(deadline - loop.time(), 0))
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestError(
+                    408,
+                    f"the body took longer than {options.body_timeout_s:g} s to arrive: send it at once (the "
+                    f"server's --body-timeout)",
+                ) from None
+            size += len(chunk)
+            if size > max_body:
+                raise too_large
+            chunks.append(chunk)
+    finally:
+        await stream.aclose()
+    return b"".join(chunks)
 
 
 class Metrics:
@@ -171,6 +218,21 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
 
     # No OpenAPI schema: the inference routes below are plain Starlette routes, which it would leave out.
     app = FastAPI(title="dsee-serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own answers (unknown route 404, wrong method 405) in the shape of every other error.
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+        if allow:
+            message += f" (this route takes {allow})"
+        return Response(
+            json.dumps({"error": message}),
+            exc.status_code,
+            headers=exc.headers,
+            media_type="application/json",
+        )
+
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
 
     async def serve(request: Request, route: str) -> Response:
@@ -179,17 +241,12 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         try:
             if route != endpoint:
                 raise RequestError(404, _wrong_endpoint(engine, route, endpoint))
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_body:
-                raise RequestError(
-                    413,
-                    f"the body has {int(declared)} bytes, more than {options.max_inputs} inputs of "
-                    f"{options.max_chars} characters can take: split the request",
-                )
-            inputs = parse_inputs(await request.body(), options)
+            inputs = parse_inputs(await read_body(request, max_body, options), options)
             payload = {ENDPOINTS[route]: await batcher.submit(inputs)}
         except RequestError as exc:
             status, payload = exc.status, {"error": str(exc)}
+        except DSEEError as exc:  # the engine refused this request's input (it ran alone: see the batcher)
+            status, payload = 422, {"error": str(exc)}
         except ClientDisconnect:  # nobody to answer; counted as nginx counts it
             status, payload = 499, {"error": "the client closed the connection"}
         except Draining:
@@ -198,7 +255,9 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             log.exception("engine failed on a request to /v1/%s", route)
             status, payload = 500, {"error": f"the engine failed: {type(exc).__name__}: {exc}"}
         metrics.observe_request(route, status, time.perf_counter() - started)
-        return Response(json.dumps(payload), status, media_type="application/json")
+        # A body left unread (too large, too slow) cannot be skipped on a kept-alive connection: close it.
+        headers = {"connection": "close"} if status in (408, 413) else None
+        return Response(json.dumps(payload), status, headers=headers, media_type="application/json")
 
     async def predict(request: Request) -> Response:
         return await serve(request, "predict")
@@ -249,3 +308,19 @@ def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
             f"serve an engine exported with --task feature-extraction"
         )
     return f"engine '{engine.path}' is a feature-extraction engine, so it has no labels: POST /v1/embed"
+
+
+def listen(host: str, port: int):
+    """The listening socket, bound now (uvicorn serves on it): binding is where a port in use shows."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise DSEEError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): pick another --port, or stop what uses it"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock

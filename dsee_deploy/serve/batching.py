@@ -145,10 +145,16 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self.fn, [item.value for item in batch])
-        except Exception as exc:  # the requests in this batch answer 500; the worker goes on
+        except Exception as exc:
+            if len(batch) == 1:  # the culprit: its request answers with the error; the worker goes on
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # One bad input must not fail its neighbours: run each input on its own, so that only the
+            # culprit gets the error (rare, and costs one run per input of this batch only).
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    await self._run([item])
             return
         finally:
             self._idle_since = loop.time()

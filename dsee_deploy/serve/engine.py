@@ -52,6 +52,7 @@ class Engine:
         providers: Sequence[str] | None = None,
         max_length: int | None = None,
         spin_us: int | None = None,
+        verify: bool = True,
     ) -> Engine:
         """Load a dsee-export directory.
 
@@ -60,12 +61,18 @@ class Engine:
         are truncated to the length the model was tuned with (the manifest's), as every evaluation of the
         engine truncates them; pass a length to override. `spin_us` bounds how long ORT's idle threads
         busy-wait for more work (ORT's default when None): dsee-serve spins briefly, since between runs the
-        cores belong to its event loop and its clients; 0 never spins.
+        cores belong to its event loop and its clients; 0 never spins. `verify` checks every file against the
+        sha256 the manifest records (it reads each file once: ~0.1 s for MiniLM's 90 MB; pass False where the
+        directory is verified elsewhere, e.g. a read-only image checked at build time).
         """
         import onnxruntime as ort
 
         path = Path(path)
-        manifest = Manifest.read(path)
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+            raise DSEEError(f"max_length={max_length!r} is not a token count: pass an int of 2 or more")
+        if max_length is not None and max_length < 2:
+            raise DSEEError(f"max_length={max_length} is too short: pass 2 or more, or leave it unset")
+        manifest = Manifest.read(path, verify=verify)
         model = path / manifest.engine
         if model.suffix != ".onnx":  # a TensorRT plan: ORT runs the ONNX graph exported beside it, if kept
             if not (path / "model.onnx").is_file():
@@ -89,10 +96,19 @@ class Engine:
             )
         if threads is not None and threads < 1:
             raise DSEEError(f"threads={threads} is not a thread count: pass 1 or more, or leave it unset")
-        if max_length is not None and max_length < 2:
-            raise DSEEError(f"max_length={max_length} is too short: pass 2 or more, or leave it unset")
+        if not (path / "config.json").is_file():
+            raise DSEEError(
+                f"engine '{path}' has no config.json (its labels and model geometry): export it again with "
+                f"dsee-export CKPT --output {path} --overwrite"
+            )
         config = read_json(path / "config.json", {})
         limit = max_length or manifest.max_length
+        positions = get_spec(manifest.architecture).max_tokens(config) if config else None
+        if max_length is not None and positions and max_length > positions:
+            raise DSEEError(
+                f"max_length={max_length} is beyond the model's {positions} positions: pass {positions} or less, "
+                f"or leave it unset ({manifest.max_length}, what it was tuned with)"
+            )
         try:
             session = make_session(model, threads=threads, providers=providers, spin_us=spin_us)
             encoder = TextEncoder.from_dir(path, limit)
@@ -105,6 +121,7 @@ class Engine:
                 f"(onnxruntime {ort.__version__} is installed here)"
             ) from exc
         engine = cls(path, session, encoder, manifest, _labels(config))
+        engine._check_outputs()
         log.info(
             "engine %s: %s, provider %s, intra-op threads %s, max length %d",
             path,
@@ -114,6 +131,25 @@ class Engine:
             limit,
         )
         return engine
+
+    def _check_outputs(self) -> None:
+        """One short input through the graph: it runs, and its output fits the task and config.json's labels
+        (else a server would report ready and answer every request 500)."""
+        try:
+            width = self.run(["a"]).shape[-1]
+        except DSEEError:
+            raise
+        except Exception as exc:  # ORT's own error types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DSEEError(
+                f"engine '{self.path}' does not run ({reason}): export it again with dsee-export"
+            ) from exc
+        expected = self._task.output_width(self.labels, self.manifest.hidden_size)
+        if expected is not None and width != expected:
+            raise DSEEError(
+                f"engine '{self.path}' gives {width} outputs per input, but its {self.task} task with config.json "
+                f"expects {expected}: the graph and config.json come from different models; export it again"
+            )
 
     def predict(self, inputs: Sequence[Input], batch_size: int = 32) -> list[dict]:
         """Per input: {"label", "score", "scores": {label: probability}} (classification, softmax of the
@@ -191,7 +227,21 @@ def _check_inputs(inputs) -> list[Input]:
             raise DSEEError(
                 f"inputs[{i}] is {_describe(x)}: pass a text or a (text, text_pair) pair of texts"
             )
+        check_text(items[-1], f"inputs[{i}]")
     return items
+
+
+def check_text(item: Input, where: str) -> None:
+    """Refuse text the tokenizer cannot take: a lone surrogate (valid in JSON and in a Python str, not in
+    UTF-8) would otherwise fail deep inside tokenizers with a TypeError."""
+    for text in item if isinstance(item, tuple) else (item,):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DSEEError(
+                f"{where} is not valid Unicode text (a lone surrogate {text[exc.start]!r} at character "
+                f"{exc.start}): send UTF-8 text"
+            ) from None
 
 
 def _describe(x) -> str:

@@ -31,8 +31,32 @@ class ServeOptions:
         metadata={"help": "How long idle ONNX Runtime threads busy-wait for work, in microseconds."},
     )
 
+    body_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "flag": "--body-timeout",
+            "help": "Longest a client may take to send its request body (408 after): slow clients do not hold "
+            "connections.",
+        },
+    )
+    max_connections: int = field(
+        default=512,
+        metadata={"help": "Most connections and requests at once; beyond it new ones are answered 503."},
+    )
+
+    graceful_timeout_s: float = field(
+        default=30.0,
+        metadata={"flag": "--graceful-timeout", "help": "Seconds to finish requests in flight on SIGTERM."},
+    )
+    verify: bool = field(
+        default=True,
+        metadata={"help": "Check every engine file against the sha256 in its manifest before serving."},
+    )
+
     def __post_init__(self):
-        for name in ("max_batch_size", "max_inputs", "max_chars"):
+        if not self.body_timeout_s > 0:
+            raise ConfigError(f"body_timeout_s = {self.body_timeout_s}: pass a positive number of seconds")
+        for name in ("max_batch_size", "max_inputs", "max_chars", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)}: pass 1 or more")
         if self.spin_us < 0:

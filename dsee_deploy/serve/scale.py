@@ -31,7 +31,11 @@ class EngineDeployment:
 
         self.options = ServeOptions(**options)
         self.engine = Engine.load(
-            engine_dir, threads=threads, max_length=max_length, spin_us=self.options.spin_us
+            engine_dir,
+            threads=threads,
+            max_length=max_length,
+            spin_us=self.options.spin_us,
+            verify=self.options.verify,
         )
 
     def __serve_build_asgi_app__(self):
