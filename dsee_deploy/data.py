@@ -4,6 +4,8 @@ GLUE column names recognised, labels mapped to ids, tokenized for the task."""
 from __future__ import annotations
 
 import csv
+import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -81,11 +83,21 @@ def read_table(source: str, flag: str, split: str = "train"):
                 f"{flag} '{source}' has an unsupported extension '{suffix}': use .tsv, .csv, .jsonl, .json or .txt"
             )
         kwargs: dict = {}
+        reader = _READERS[suffix]
+        if suffix == ".txt" and _tab_separated(path):
+            print(
+                f"{flag} '{source}': a .txt file reads as plain text (language modelling), but its first lines are "
+                f"tab-separated columns: reading it as a .tsv table (rename it .tsv to say so)",
+                file=sys.stderr,
+            )
+            suffix, reader = ".tsv", "csv"
         if suffix == ".tsv":
             # GLUE TSVs hold raw quotes inside sentences: read them literally.
             kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        if suffix in (".tsv", ".csv"):
+            check_delimited(path, flag, **kwargs)
         try:
-            return datasets.load_dataset(_READERS[suffix], data_files=str(path), split="train", **kwargs)
+            return datasets.load_dataset(reader, data_files=str(path), split="train", **kwargs)
         except Exception as exc:  # datasets raises many types; the user needs the file name and the cause
             raise DSEEError(f"{flag} '{source}' could not be read as {suffix[1:]}: {exc}") from exc
     if suffix in _READERS or "/" in source and not _looks_like_hub_id(source):
@@ -98,6 +110,64 @@ def read_table(source: str, flag: str, split: str = "train"):
             f"{flag} '{source}' is neither a local file nor a hub dataset that could be loaded ({exc}): "
             f"pass a .tsv/.csv/.jsonl/.json/.txt file, or NAME[:CONFIG] of a hub dataset where a network exists"
         ) from exc
+
+
+def _tab_separated(path: Path) -> bool:
+    """Whether a .txt file's first two lines are the same number (> 1) of tab-separated fields."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            first, second = f.readline(), f.readline()
+    except OSError:
+        return False
+    return "\t" in first and first.count("\t") == second.count("\t")
+
+
+def check_delimited(path: Path, flag: str, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> None:
+    """Read a .tsv / .csv once with the csv module before datasets does, for the errors datasets reports as
+    "An error occurred while generating the dataset": the encoding, an empty or header-only file, and a row
+    with another number of fields than the header, each with the file and the line."""
+    with path.open("rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DSEEError(
+                    f"{flag} '{path}' line {number} is not UTF-8 ({exc.reason} at byte {exc.start}): save the "
+                    f"file as UTF-8"
+                ) from None
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = next(rows, None)
+        if not header:
+            raise DSEEError(f"{flag} '{path}' is empty: it needs a header line and rows")
+        count = 0
+        for row in rows:
+            if not row:
+                continue  # blank lines are skipped, as datasets skips them
+            count += 1
+            if len(row) != len(header):
+                raise DSEEError(
+                    f"{flag} '{path}' line {rows.line_num}: expected {len(header)} fields (as the header "
+                    f"{header}), saw {len(row)}: fix the line (a {repr(delimiter)} inside a text?)"
+                )
+    if count == 0:
+        raise DSEEError(f"{flag} '{path}' has a header ({', '.join(header)}) and no rows: add the data")
+
+
+def missing_labels(ds, label: str, source: str) -> None:
+    """Refuse rows without a label (empty, NaN), naming them: datasets reads them as None."""
+    rows = [
+        i
+        for i, v in enumerate(ds[label])
+        if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+    ]
+    if rows:
+        first = 2 if Path(source).suffix.lower() in (".tsv", ".csv") else 1  # line of data row 0
+        lines = ", ".join(str(i + first) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise DSEEError(
+            f"'{source}' has {len(rows)} row(s) without a label in column '{label}' (line {lines}): fill them "
+            f"in or remove them"
+        )
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -127,6 +197,13 @@ def resolve_columns(ds, source: str, text: str | None, pair: str | None, label: 
             raise DSEEError(
                 f"'{source}' has no label column this tool recognises (columns: {', '.join(columns)}): "
                 f"pass --label-column"
+            )
+    for flag, name in (("--text-column", text), ("--text-pair-column", pair)):
+        values = [v for v in ds[name][:100] if v is not None] if name else []
+        if values and not all(isinstance(v, str) for v in values):
+            raise DSEEError(
+                f"{flag} '{name}' of '{source}' holds {type(values[0]).__name__} values, not text (columns: "
+                f"{', '.join(columns)}): pass the column with the sentences"
             )
     return text, pair, label
 

@@ -85,7 +85,7 @@ def load_tokenizer(name_or_path: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # tokenizers raises a bare Exception for a damaged tokenizer.json
         raise DSEEError(f"could not load the tokenizer of '{name_or_path}': {_first_line(exc)}") from exc
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token

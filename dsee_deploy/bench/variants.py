@@ -176,7 +176,13 @@ def load_torch(source: Path, kind: str):
             from ..tasks import task_of_model
 
             cls = task_of_model(AutoConfig.from_pretrained(source)).model_class()
-            model = cls.from_pretrained(source, use_safetensors=True)
+            try:
+                model = cls.from_pretrained(source, use_safetensors=True)  # never unpickled
+            except (OSError, ValueError) as exc:
+                raise DSEEError(
+                    f"the dense source '{source}' of the PyTorch variant has no safetensors weights (pickle "
+                    f"weights are never loaded): save it with save_pretrained(), or pass --no-torch"
+                ) from exc
         _MODELS[key] = model.eval()
     return _MODELS[key]
 

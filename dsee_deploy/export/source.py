@@ -36,6 +36,11 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
         model, tokenizer = load_merged(src, base_model)
         task, pruning = Task.from_dict(info["task"]), read_pruning(src)
         base_dir = _local_dir(base_model or info["base_model"]["name_or_path"])
+    elif (src / "adapter.safetensors").is_file():  # a DSEE checkpoint that lost its record
+        raise DSEEError(
+            f"checkpoint '{src}' has adapter.safetensors but no {CONFIG_FILE}: it is an incomplete dsee-tune "
+            f"output; restore {CONFIG_FILE} or re-run dsee-tune"
+        )
     else:
         model, tokenizer, task = _load_plain(src, config.task)
         pruning, base_dir = None, src

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..architectures import ArchSpec, get_module, get_spec, set_module
+from ..errors import DSEEError
 from .config import DSEEConfig
 from .layer import DSEELayer
 from .support import choose_support
@@ -40,8 +41,14 @@ def inject_dsee(
             if not isinstance(layer, DSEELayer):
                 layer = DSEELayer(layer)
                 set_module(block, site.path, layer)
-            out_f = layer.out_in_weight.shape[0]
+            out_f, in_f = layer.out_in_weight.shape
             block_rows = out_f // site.parts
+            if init and config.num_sparse > block_rows * in_f:
+                raise DSEEError(
+                    f"--num-sparse {config.num_sparse} is more than the {block_rows * in_f:,} entries of the "
+                    f"{target} matrix ({block_rows} x {in_f}) of this {model.config.model_type}: pass at most "
+                    f"{block_rows * in_f}"
+                )
             rows = slice(site.part * block_rows, (site.part + 1) * block_rows)
             update = layer.add_update(target, rows, config.rank, config.alpha, config.num_sparse)
             if init:

@@ -98,13 +98,21 @@ def tune(
 
 def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig, fixed_task=None) -> Data:
     """The task (inferred from the training data, or `fixed_task` when resuming) and how to encode it."""
-    from ..data import Task, encode, infer_kind, label_names_of, read_table, resolve_columns
+    from ..data import (
+        Task,
+        encode,
+        infer_kind,
+        label_names_of,
+        missing_labels,
+        read_table,
+        resolve_columns,
+    )
     from ..tasks import CausalLM, Classification, get_task
 
     kind = config.task
-    if kind == "auto" and Path(train).suffix.lower() == ".txt":
-        kind = CausalLM.kind
     train_raw = read_table(train, "--train", "train")
+    if kind == "auto" and Path(train).suffix.lower() == ".txt" and train_raw.column_names == ["text"]:
+        kind = CausalLM.kind  # plain text (a .txt with tab-separated columns reads as a table)
     eval_raw = read_table(eval, "--eval", "validation") if eval else None
     test_raw = read_table(test, "--test", "test") if test else None
     if config.max_train_samples:
@@ -121,6 +129,9 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
         text, pair, label = resolve_columns(
             train_raw, train, config.text_column, config.text_pair_column, config.label_column
         )
+        for raw, source in ((train_raw, train), (eval_raw, eval), (test_raw, test)):
+            if raw is not None and label in raw.column_names:
+                missing_labels(raw, label, source)
         kind = infer_kind(train_raw, label) if kind == "auto" else kind
         names = label_names_of(train_raw, label) if kind == Classification.kind else []
         task = Task(kind, text, pair, label, names, config.max_length, metric=config.metric)
