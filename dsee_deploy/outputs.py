@@ -90,15 +90,22 @@ class Output:
         self.flag, self.keep = flag, keep
         self.path: Path | None = None
 
-    def start(self) -> Path:
+    def start(self, create: bool = True) -> Path:
+        """The work directory; `create=False` names it only (the other processes of a distributed run share
+        the main one's)."""
+        from .distributed import run_token
+
         parent = self.target.absolute().parent
+        if not create:
+            self.path = parent / f".{self.target.name}{PARTIAL}{run_token()}"
+            return self.path
         above = next(p for p in (parent, *parent.parents) if p.exists())
         if not above.is_dir():
             raise DSEEError(f"{self.flag} '{self.target}' cannot be created: '{above}' is a file")
         try:
             parent.mkdir(parents=True, exist_ok=True)
             _remove_stale(parent, self.target.name)
-            work = parent / f".{self.target.name}{PARTIAL}{os.getpid()}"
+            work = parent / f".{self.target.name}{PARTIAL}{run_token()}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
         except OSError as exc:

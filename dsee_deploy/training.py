@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .distributed import world_size
+
 
 def compute_metrics_for(task):
     """Trainer's metric function for `task`: the task registry's metrics (as fractions, as Trainer reports
@@ -80,6 +82,10 @@ def build_trainer(
         report_to=[],
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without CUDA, Trainer runs data-parallel over processes (torchrun, accelerate launch) only when told it
+        # is on CPU; otherwise each process trains alone on all the data. gloo is the CPU backend.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and world_size() > 1 else None,
     )
     if eval_ds is None:
         args.eval_strategy = "no"
@@ -138,6 +144,8 @@ def distillation_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             outputs = model(**inputs)
+            if not model.training:  # evaluation reports the task loss, comparable with any other run's
+                return (outputs.loss, outputs) if return_outputs else outputs.loss
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             student = outputs.logits

@@ -74,6 +74,10 @@ def tune(argv: list[str] | None = None) -> int:
         prune=from_args(PruneConfig, args),
         overwrite=args.overwrite,
     )
+    from ..distributed import is_main
+
+    if not is_main():  # torchrun / accelerate launch: the main process reports the one checkpoint
+        return 0
     shown = [f"{key.replace('_', ' ', 1)} {value:.4f}" for key, value in ckpt.scores().items()]
     print(
         f"saved {ckpt.path}: {', '.join(shown) or 'no evaluation data given'}; "

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..architectures import ArchSpec, get_module, get_spec
+from ..distributed import from_main
 from ..errors import DSEEError
 from ..flops import encoder_flops
 from ..surgery import apply_structure
@@ -67,7 +68,8 @@ def prune_model(
         shrink_checked(model, layers, spec, n_heads, width)
     elif config.structured:
         importance = config.structured_importance()
-        head_scores, ffn_scores = structured_scores(model, importance, batches, spec)
+        # Under torchrun every process scores its own copy; all must cut the same heads: the main one decides.
+        head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec))
         if importance == "taylor" and config.scope == "global":
             head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
         kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
@@ -77,13 +79,15 @@ def prune_model(
 
     masks: dict = {}
     if config.unstructured:
-        masks = choose_masks(
-            model,
-            spec,
-            config.unstructured,
-            config.unstructured_importance(),
-            config.scope,
-            config.unstructured_modules,
+        masks = from_main(
+            choose_masks(
+                model,
+                spec,
+                config.unstructured,
+                config.unstructured_importance(),
+                config.scope,
+                config.unstructured_modules,
+            )
         )
         apply_masks(model, spec, masks)
 

@@ -196,12 +196,19 @@ class Session:
     def execute(self, data: Data, target, started: float, sources: dict):
         """Train, prune and re-tune, evaluate, and save into `target` (an outputs.Output), moved into place only
         when complete: an interrupted run leaves the previous output as it was."""
+        from ..distributed import barrier, is_main
+
+        main = is_main()  # under torchrun / accelerate launch every process trains; the main one writes
         try:
-            out = self._execute(data, target.start(), started, sources)
+            out = self._execute(data, target.start(create=main), started, sources)
         except BaseException:
-            target.abort()
+            if main:
+                target.abort()
             raise
-        out.path = target.commit()
+        if main:
+            out.path = target.commit()
+        barrier()  # the others return once the checkpoint is in place
+        out.path = target.target
         return out
 
     def _execute(self, data: Data, out: Path, started: float, sources: dict):
@@ -222,11 +229,15 @@ class Session:
         if self.prune_config.any:
             metrics.update(self.prune_and_retune())
         metrics.update(self.summary())
+        from ..distributed import barrier, is_main
         from ..training import finish
 
-        finish(self.work)
+        barrier()  # every process is done with the Trainer's work directory
         run.model.eval()
         metrics["total_wall_time_s"] = time.perf_counter() - started
+        if not is_main():
+            return self.info(out, metrics)
+        finish(self.work)
         return self.save(out, metrics, sources)
 
     def train(self, epochs: float, teacher=None) -> None:
@@ -327,7 +338,7 @@ class Session:
         return metrics
 
     def save(self, out: Path, metrics: dict, sources: dict):
-        from ..checkpoint import METRICS_FILE, CheckpointInfo, save_checkpoint
+        from ..checkpoint import METRICS_FILE, save_checkpoint
 
         run = self.run
         if run.dsee is None:  # full fine-tuning: a plain transformers model
@@ -348,8 +359,17 @@ class Session:
                 masks=run.masks,
                 extra={"data": data},
             )
+        return self.info(out, metrics)
+
+    def info(self, out: Path, metrics: dict):
+        from ..checkpoint import CheckpointInfo
+
+        run = self.run
         return CheckpointInfo(out, run.task, metrics, run.dsee, run.pruning, int(self.steps), self.wall)
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from ..distributed import is_main
+
+    if is_main():  # one report of a distributed run
+        print(message, file=sys.stderr, flush=True)
