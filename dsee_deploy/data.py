@@ -44,6 +44,8 @@ class Task:
     # Feature extraction: how token states become one sentence embedding.
     pooling: str = "mean"
     normalize: bool = False
+    # The label values in the data, in label order, where --label-names gave them other names.
+    label_values: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.spec = get_task(self.kind)  # unknown kinds fail here
@@ -55,6 +57,14 @@ class Task:
     @property
     def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
+
+    @property
+    def label_index(self) -> dict[str, int]:
+        """Label id of each label name, and of each value in the data where the labels were renamed."""
+        return {
+            **{v: i for i, v in enumerate(self.label_values)},
+            **{n: i for i, n in enumerate(self.label_names)},
+        }
 
     @property
     def positive(self) -> int:
@@ -229,7 +239,7 @@ def encode(ds, tokenizer, task: Task, source: str):
     """Tokenize `ds` for `task` (labels as ids), dropping the raw columns."""
     if task.spec.language_model:
         return _encode_lm(ds, tokenizer, task)
-    index = {name: i for i, name in enumerate(task.label_names)}
+    index = task.label_index
 
     def to_label(value):
         return label_id(value, task, index, source)
@@ -311,6 +321,6 @@ def labelled_texts(ds, task: Task, source: str, flag: str) -> tuple[list, object
         text, pair, label = resolve_columns(ds, source, None, None, None)
     ds = ds.filter(lambda row: row[label] is not None and row[text] is not None)
     texts = list(zip(ds[text], ds[pair], strict=True)) if pair else list(ds[text])
-    index = {name: i for i, name in enumerate(task.label_names)}
+    index = task.label_index
     labels = np.asarray([label_id(v, task, index, source, flag) for v in ds[label]])
     return texts, labels

@@ -51,6 +51,8 @@ def load_config(name_or_path: str, task: Task | None = None):
         if task.label_names:
             config.id2label = dict(enumerate(task.label_names))
             config.label2id = {name: i for i, name in enumerate(task.label_names)}
+        if task.label_values:  # --label-names: the values the data writes, kept beside the names
+            config.label_values = list(task.label_values)
     return config
 
 

@@ -186,3 +186,25 @@ def test_dsee_bench_refuses_a_pickle_only_dense_source_in_one_line(tiny_bases, t
     assert code == 2 and "has no safetensors weights (pickle weights are never loaded)" in last_error(err), (
         err
     )
+
+
+def test_label_names_and_the_majority_class_score(tiny_bases, tmp_path, capsys):
+    """Imbalanced 0/1 data: the engine answers the given names, and the majority-class score stands beside the
+    metric (a model that learnt nothing matches it)."""
+    rows = [(s, 0 if i % 4 else 1) for i, (s, _) in enumerate(sentences(96, seed=8))]  # 75 % zeros
+    train = write_tsv(tmp_path / "train.tsv", ["sentence", "label"], rows)
+    dev = write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], rows[:40])
+    out = tmp_path / "run"
+    argv = ["--model", tiny_bases["bert"], "--train", train, "--eval", dev, "--output", out, *FAST]
+    code, stdout, err = run_cli(tune, [*argv, "--label-names", "negative,positive"], capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_majority_accuracy"] == pytest.approx(30 / 40)
+    assert metrics["eval_majority_f1"] == 0.0  # the majority class is not the positive one
+    assert "(majority class 0.7500)" in stdout
+    code, _, err = run_cli(export, [out, "--output", tmp_path / "engine", "--validate-data", dev], capsys)
+    assert code == 0, err  # the data's 0/1 labels map onto the names
+    predictions = Engine.load(tmp_path / "engine").predict(["a good film"])
+    assert predictions[0]["label"] in ("negative", "positive")
+    code, _, err = run_cli(tune, [*argv, "--label-names", "a,b,c", "--overwrite"], capsys)
+    assert code == 2 and "gives 3 names, but" in last_error(err)

@@ -25,6 +25,7 @@ def task_of(variant: Variant) -> Task:
         max_length=variant.max_length,
         metric=variant.metric,
         positive_label=variant.positive_label,
+        label_values=list(variant.label_values),
     )
 
 

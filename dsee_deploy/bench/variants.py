@@ -42,6 +42,7 @@ class Variant:
     architecture: str = "bert"  # a model_type of the registry; every variant sets its own
     metric: str = ""
     positive_label: str = ""
+    label_values: list[str] = field(default_factory=list)  # the data's values of renamed labels
 
     def flops(self, seq_len: int) -> int:
         return encoder_flops(self.hidden, self.head_size, self.heads, self.ffn, seq_len)
@@ -96,6 +97,7 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
         architecture=manifest.architecture,
         metric=manifest.metric,
         positive_label=manifest.positive_label,
+        label_values=list(config.get("label_values", [])),
     )
 
 
@@ -129,6 +131,7 @@ def torch_variant(source: Path, like: Variant, kind: str, name: str) -> Variant:
         vocab=like.vocab,
         max_length=like.max_length,
         labels=like.labels,
+        label_values=like.label_values,
         task=like.task,
         architecture=like.architecture,
         metric=like.metric,

@@ -78,7 +78,14 @@ def tune(argv: list[str] | None = None) -> int:
 
     if not is_main():  # torchrun / accelerate launch: the main process reports the one checkpoint
         return 0
-    shown = [f"{key.replace('_', ' ', 1)} {value:.4f}" for key, value in ckpt.scores().items()]
+    shown = []
+    for key, value in ckpt.scores().items():
+        split, name = key.split("_", 1)
+        majority = ckpt.metrics.get(f"{split}_majority_{name}")
+        shown.append(
+            f"{split} {name} {value:.4f}"
+            + (f" (majority class {majority:.4f})" if majority is not None else "")
+        )
     print(
         f"saved {ckpt.path}: {', '.join(shown) or 'no evaluation data given'}; "
         f"{ckpt.steps} steps in {ckpt.train_seconds:.0f} s"

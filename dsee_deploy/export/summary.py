@@ -51,7 +51,7 @@ def summarize(manifest: Manifest, out: Path) -> str:
         lines.append(f"{data['metric']} on {data['examples']} examples of {data['data']}: {rows}")
         if "drop" in data:
             lines.append(
-                f"{manifest.precision} {-data['drop']:+.2f} pt against fp32 (a loss of at most "
+                f"{manifest.precision} {0.0 - data['drop']:+.2f} pt against fp32 (a loss of at most "
                 f"{data['max_metric_drop']} pt allowed)"
             )
     return "\n".join(lines)

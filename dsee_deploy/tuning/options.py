@@ -37,6 +37,14 @@ class TuneConfig:
         default=None,
         metadata={"help": "Label column (default: label, Quality or score).", "group": "data and model"},
     )
+    label_names: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Names for the labels, comma-separated, in the order of their values (e.g. negative,positive "
+            "for 0,1): what the engine answers instead of the values.",
+            "group": "data and model",
+        },
+    )
     max_length: int = field(
         default=128,
         metadata={
@@ -114,6 +122,11 @@ class TuneConfig:
     )
 
     def __post_init__(self) -> None:
+        self.label_names = tuple(self.label_names)
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ConfigError(
+                f"--label-names {','.join(self.label_names)} names a label twice: name each once"
+            )
         if self.task not in TASK_CHOICES:
             raise ConfigError(f"--task must be one of {', '.join(TASK_CHOICES)}, got '{self.task}'")
         if self.max_length < 8:

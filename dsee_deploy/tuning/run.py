@@ -134,7 +134,17 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
                 missing_labels(raw, label, source)
         kind = infer_kind(train_raw, label) if kind == "auto" else kind
         names = label_names_of(train_raw, label) if kind == Classification.kind else []
-        task = Task(kind, text, pair, label, names, config.max_length, metric=config.metric)
+        values: list[str] = []
+        if config.label_names and kind == Classification.kind:
+            if len(config.label_names) != len(names):
+                raise DSEEError(
+                    f"--label-names gives {len(config.label_names)} names, but '{train}' has {len(names)} labels "
+                    f"({', '.join(names)}): name each, in this order"
+                )
+            values, names = names, list(config.label_names)
+        task = Task(
+            kind, text, pair, label, names, config.max_length, metric=config.metric, label_values=values
+        )
     splits = ((train_raw, train), (eval_raw, eval), (test_raw, test))
     return Data(
         task,
@@ -335,7 +345,25 @@ class Session:
         for prefix, ds in (("eval", self.eval_ds), ("test", self.test_ds)):
             if ds is not None:
                 metrics.update(self.evaluate(prefix, ds))
+                metrics.update(self.majority(prefix, ds))
         return metrics
+
+    def majority(self, prefix: str, ds) -> dict:
+        """The metrics of always answering the training data's most frequent class: what a model that learnt
+        nothing scores on imbalanced data (F1 and accuracy can look fine for it)."""
+        import numpy as np
+
+        task = self.run.task
+        if not task.spec.labelled or task.spec.continuous_labels or len(ds) == 0:
+            return {}
+        common = int(np.bincount(np.asarray(self.train_ds["labels"])).argmax())
+        labels = np.asarray(ds["labels"])
+        preds = np.full_like(labels, common)
+        classes = len(task.label_names)
+        return {
+            f"{prefix}_majority_{m}": task.spec.score(m, preds, labels, task.positive, classes) / 100
+            for m in task.spec.metrics
+        }
 
     def save(self, out: Path, metrics: dict, sources: dict):
         from ..checkpoint import METRICS_FILE, save_checkpoint
