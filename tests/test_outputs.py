@@ -194,3 +194,27 @@ def test_a_killed_tune_leaves_no_output_and_the_rerun_succeeds(tiny_bases, sst_l
     assert done.returncode == 0, done.stderr
     assert (out / "adapter.safetensors").is_file()
     assert not list(tmp_path.glob(".run.partial-*"))  # the killed run's work directory was removed
+
+
+def test_a_triton_model_name_is_one_folder_and_overwrite_replaces_only_it(pruned_bert, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    for name in ("sst", "other"):
+        code, _, err = run_cli(
+            export, [pruned_bert, "--output", repo, "--format", "triton", "--name", name], capsys
+        )
+        assert code == 0, err
+    (tmp_path / "mine.txt").write_text("a user's file beside the repository\n")
+    before = tree(tmp_path)
+    for name in ("..", ".", "../x", "a/b"):
+        argv = [pruned_bert, "--output", repo, "--format", "triton", "--name", name, "--overwrite"]
+        code, _, err = run_cli(export, argv, capsys)
+        one_line(code, err, f"--name '{name}' is not a model name")
+    assert tree(tmp_path) == before
+    argv = [pruned_bert, "--output", repo, "--format", "triton", "--name", "sst", "--overwrite"]
+    code, _, err = run_cli(export, argv, capsys)
+    assert code == 0, err
+    assert tree(repo / "other") == {
+        k[len("repo/other/") :]: v for k, v in before.items() if k.startswith("repo/other/")
+    }
+    assert 'name: "sst"' in (repo / "sst" / "config.pbtxt").read_text()
+    assert sorted(p.name for p in repo.iterdir()) == ["other", "sst"]
