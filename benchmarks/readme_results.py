@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "bert-base": "dsee-bench --suite benchmarks/suites/bert-base-geometry.toml --output benchmarks/results/bert-base "
     "--work bench/bert-base/work --profile",
-    "sst2-minilm": "dsee-bench --suite benchmarks/suites/sst2-minilm.toml --output benchmarks/results/sst2-minilm "
-    "--work bench/sst2 --var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50 "
-    "--profile",
+    "sst2-minilm": "dsee-bench --suite benchmarks/suites/sst2-minilm.toml --output bench/sst2 "
+    "--var full=runs/bench-tune/full --var dsee=runs/bench-tune/dsee --var s50=runs/bench-prune/s50 "
+    "(then copied to benchmarks/results/sst2-minilm)",
 }
 START, END = "<!-- results:start (benchmarks/readme_results.py) -->", "<!-- results:end -->"
 
