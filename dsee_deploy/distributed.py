@@ -37,6 +37,16 @@ def _group():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
+def _start_group():
+    """The process group as accelerate (and so Trainer) would start it: gloo on CPU, nccl with CUDA; Trainer
+    finds it started and uses it."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
 def barrier() -> None:
     """Wait for every process (a no-op when alone or before the Trainer has started the process group)."""
     dist = _group()
@@ -45,10 +55,11 @@ def barrier() -> None:
 
 
 def from_main(value):
-    """`value` as the main process has it, in every process (pickled over the process group)."""
-    dist = _group()
-    if dist is None or world_size() == 1:
+    """`value` as the main process has it, in every process (pickled over the process group, started here
+    when no Trainer has started it yet: pruning straight after --resume)."""
+    if world_size() == 1:
         return value
+    dist = _group() or _start_group()
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
