@@ -202,8 +202,23 @@ def test_label_names_and_the_majority_class_score(tiny_bases, tmp_path, capsys):
     assert metrics["eval_majority_accuracy"] == pytest.approx(30 / 40)
     assert metrics["eval_majority_f1"] == 0.0  # the majority class is not the positive one
     assert "(majority class 0.7500)" in stdout
-    code, _, err = run_cli(export, [out, "--output", tmp_path / "engine", "--validate-data", dev], capsys)
+    code, stdout, err = run_cli(
+        export, [out, "--output", tmp_path / "engine", "--validate-data", dev], capsys
+    )
     assert code == 0, err  # the data's 0/1 labels map onto the names
+    assert "always answering the most frequent label ('negative') would score accuracy 75.00" in stdout
+    argv_bench = [
+        "--baseline",
+        f"a={tmp_path / 'engine'}",
+        "--engine",
+        f"b={tmp_path / 'engine'}",
+        "--no-torch",
+    ]
+    argv_bench += ["--rounds", "3", "--batch-sizes", "1", "--seq-lens", "8", "--eval-data", dev]
+    code, _, err = run_cli(bench, [*argv_bench, "--output", tmp_path / "bench"], capsys)
+    assert code == 0, err
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "most frequent label of the evaluation data ('negative') would score accuracy 75.00" in report
     predictions = Engine.load(tmp_path / "engine").predict(["a good film"])
     assert predictions[0]["label"] in ("negative", "positive")
     code, _, err = run_cli(tune, [*argv, "--label-names", "a,b,c", "--overwrite"], capsys)

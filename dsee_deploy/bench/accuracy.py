@@ -83,5 +83,6 @@ def evaluate(variant: Variant, data: dict) -> dict:
         "value": entry["metric"],
         **({"accuracy": entry["accuracy"]} if "accuracy" in entry else {}),
         "examples": result["examples"],
+        **({"majority": result["majority"]} if "majority" in result else {}),
         "max_length": encoder.max_length,
     }

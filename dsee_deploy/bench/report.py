@@ -8,8 +8,9 @@ results.json, "schema": "dsee-bench/1":
   variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
-  accuracy     {variant: {metric, value, accuracy, examples, max_length}}   (with --eval-data): `metric` is the
-               one that selected the checkpoint and `value` its score; `accuracy` beside it (classification)
+  accuracy     {variant: {metric, value, accuracy, examples, max_length, majority}}   (with --eval-data): `metric` is the
+               one that selected the checkpoint and `value` its score; `accuracy` beside it (classification);
+               `majority`: the scores of always answering the data's most frequent label
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def write_markdown(results: dict, path: Path) -> None:
             f"| {v['size_bytes'] / 1e6:.1f} MB | {_compact(v['heads'])} | {_compact(v['ffn'])} "
             f"| {'' if acc is None else f'{acc:.2f} %'} | {metric} |"
         )
+    common = next((a["majority"] for a in accuracy.values() if a.get("majority")), None)
+    if common:
+        lines += [
+            "",
+            f"Always answering the most frequent label of the evaluation data ({common['label']!r}) would score "
+            f"{next(iter(accuracy.values()))['metric']} {common['metric']:.2f}"
+            + (f", accuracy {common['accuracy']:.2f} %" if "accuracy" in common else "")
+            + ".",
+        ]
     baselines = [v["name"] for v in results["variants"] if v["baseline"]]
     engine_baselines = [
         v["name"] for v in results["variants"] if v["baseline"] and v["kind"] == "onnxruntime"

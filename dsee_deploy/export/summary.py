@@ -49,6 +49,12 @@ def summarize(manifest: Manifest, out: Path) -> str:
             for name, r in data["results"].items()
         )
         lines.append(f"{data['metric']} on {data['examples']} examples of {data['data']}: {rows}")
+        if data.get("majority"):
+            m = data["majority"]
+            lines.append(
+                f"always answering the most frequent label ({m['label']!r}) would score {data['metric']} "
+                f"{m['metric']:.2f}" + (f", accuracy {m['accuracy']:.2f}" if "accuracy" in m else "")
+            )
         if "drop" in data:
             lines.append(
                 f"{manifest.precision} {0.0 - data['drop']:+.2f} pt against fp32 (a loss of at most "

@@ -48,4 +48,22 @@ def evaluate_runs(
         for other in names[: min(i, 2)]:
             entry[f"agreement_with_{other.replace(' ', '_')}"] = spec.agreement(pred, predictions[other])
         results[name] = entry
-    return {"examples": len(labels), "metric": task.metric, "results": results}
+    report = {"examples": len(labels), "metric": task.metric, "results": results}
+    if not spec.continuous_labels and len(labels):
+        report["majority"] = majority(labels, task)
+    return report
+
+
+def majority(labels: np.ndarray, task: Task) -> dict:
+    """The scores of always answering the data's most frequent label: beside the metric, what a model that
+    learnt nothing gets on imbalanced data."""
+    spec = task.spec
+    common = int(np.bincount(labels.astype(np.int64)).argmax())
+    pred = np.full_like(labels, common)
+    entry = {
+        "label": task.label_names[common] if common < len(task.label_names) else str(common),
+        "metric": spec.score(task.metric, pred, labels, task.positive, len(task.label_names)),
+    }
+    if "accuracy" in spec.metrics:
+        entry["accuracy"] = spec.score("accuracy", pred, labels)
+    return entry
