@@ -56,13 +56,14 @@ def write_markdown(results: dict, path: Path) -> None:
             f"| {v['size_bytes'] / 1e6:.1f} MB | {_compact(v['heads'])} | {_compact(v['ffn'])} "
             f"| {'' if acc is None else f'{acc:.2f} %'} | {metric} |"
         )
-    common = next((a["majority"] for a in accuracy.values() if a.get("majority")), None)
+    common = next((a for a in accuracy.values() if a.get("majority")), None)
     if common:
+        name, m = common["metric"], common["majority"]
         lines += [
             "",
-            f"Always answering the most frequent label of the evaluation data ({common['label']!r}) would score "
-            f"{next(iter(accuracy.values()))['metric']} {common['metric']:.2f}"
-            + (f", accuracy {common['accuracy']:.2f} %" if "accuracy" in common else "")
+            f"Always answering the most frequent label of the evaluation data ({m['label']!r}) would score "
+            f"{name} {m['metric']:.2f}"
+            + (f", accuracy {m['accuracy']:.2f} %" if "accuracy" in m and name != "accuracy" else "")
             + ".",
         ]
     baselines = [v["name"] for v in results["variants"] if v["baseline"]]

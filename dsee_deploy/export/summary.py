@@ -53,7 +53,12 @@ def summarize(manifest: Manifest, out: Path) -> str:
             m = data["majority"]
             lines.append(
                 f"always answering the most frequent label ({m['label']!r}) would score {data['metric']} "
-                f"{m['metric']:.2f}" + (f", accuracy {m['accuracy']:.2f}" if "accuracy" in m else "")
+                f"{m['metric']:.2f}"
+                + (
+                    f", accuracy {m['accuracy']:.2f}"
+                    if "accuracy" in m and data["metric"] != "accuracy"
+                    else ""
+                )
             )
         if "drop" in data:
             lines.append(
