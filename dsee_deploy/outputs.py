@@ -93,7 +93,7 @@ class Output:
     def start(self, create: bool = True) -> Path:
         """The work directory; `create=False` names it only (the other processes of a distributed run share
         the main one's)."""
-        from .distributed import run_token
+        from .distributed import run_token, world_size
 
         parent = self.target.absolute().parent
         if not create:
@@ -106,8 +106,9 @@ class Output:
             parent.mkdir(parents=True, exist_ok=True)
             _remove_stale(parent, self.target.name)
             work = parent / f".{self.target.name}{PARTIAL}{run_token()}"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
+            if world_size() == 1:  # a leftover of this pid; in a distributed run the others may write already
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(exist_ok=True)
         except OSError as exc:
             raise DSEEError(
                 f"{self.flag} '{self.target}' cannot be written ({exc.strerror or exc}): choose a writable path"
