@@ -68,7 +68,8 @@ def main() -> int:
         batch, seq = (1, 128)
         blocks.append(
             f"**{results['title']}** — batch {batch}, sequence {seq}, {results['threads']} threads, "
-            f"{results['machine']['processor']} ({results['machine']['cpu_count']} cores), "
+            f"{results['machine']['processor']} ({results['machine']['cpu_count']} cores; "
+            f"{' '.join(results['machine'].get('cpu_flags', [])) or 'flags not recorded'}), "
             f"{results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = median of "
             f"per-round ratios "
             f"(min-max). Produced by:\n\n    {command}\n\n{table(results, batch, seq)}\n\n"

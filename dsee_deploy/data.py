@@ -136,6 +136,30 @@ def check_delimited(path: Path, flag: str, delimiter: str = ",", quoting: int = 
     """Read a .tsv / .csv once with the csv module before datasets does, for the errors datasets reports as
     "An error occurred while generating the dataset": the encoding, an empty or header-only file, and a row
     with another number of fields than the header, each with the file and the line."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
+            header = next(rows, None)
+            if not header:
+                raise DSEEError(f"{flag} '{path}' is empty: it needs a header line and rows")
+            count = 0
+            for row in rows:
+                if not row:
+                    continue  # blank lines are skipped, as datasets skips them
+                count += 1
+                if len(row) != len(header):
+                    raise DSEEError(
+                        f"{flag} '{path}' line {rows.line_num}: expected {len(header)} fields (as the header "
+                        f"{header}), saw {len(row)}: fix the line (a {repr(delimiter)} inside a text?)"
+                    )
+    except UnicodeDecodeError:
+        _not_utf8(path, flag)
+    if count == 0:
+        raise DSEEError(f"{flag} '{path}' has a header ({', '.join(header)}) and no rows: add the data")
+
+
+def _not_utf8(path: Path, flag: str) -> None:
+    """Name the first line of `path` that is not UTF-8 (the text reader's error knows only a buffer offset)."""
     with path.open("rb") as raw:
         for number, line in enumerate(raw, start=1):
             try:
@@ -145,23 +169,7 @@ def check_delimited(path: Path, flag: str, delimiter: str = ",", quoting: int = 
                     f"{flag} '{path}' line {number} is not UTF-8 ({exc.reason} at byte {exc.start}): save the "
                     f"file as UTF-8"
                 ) from None
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next(rows, None)
-        if not header:
-            raise DSEEError(f"{flag} '{path}' is empty: it needs a header line and rows")
-        count = 0
-        for row in rows:
-            if not row:
-                continue  # blank lines are skipped, as datasets skips them
-            count += 1
-            if len(row) != len(header):
-                raise DSEEError(
-                    f"{flag} '{path}' line {rows.line_num}: expected {len(header)} fields (as the header "
-                    f"{header}), saw {len(row)}: fix the line (a {repr(delimiter)} inside a text?)"
-                )
-    if count == 0:
-        raise DSEEError(f"{flag} '{path}' has a header ({', '.join(header)}) and no rows: add the data")
+    raise DSEEError(f"{flag} '{path}' is not UTF-8: save the file as UTF-8")
 
 
 def missing_labels(ds, label: str, source: str) -> None:

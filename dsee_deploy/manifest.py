@@ -166,16 +166,17 @@ class Manifest:
         return manifest
 
     def verify(self, engine_dir: Path) -> None:
-        """Refuse a manifest edited since export, and files missing from, changed in or added to the listed
-        ones' hashes."""
+        """Refuse a manifest edited since export, one that does not list the files an engine needs, and listed
+        files that are missing or changed."""
         where = f"'{engine_dir / FILE}'"
         fix = f"export the engine again (dsee-export CKPT --output {engine_dir} --overwrite)"
         if self.digest is not None and self.digest != self.content_digest():
             raise DSEEError(f"{where} was edited after export (its digest does not match its content): {fix}")
         if not self.files:
             raise DSEEError(f"{where} lists no file hashes, so the engine cannot be verified: {fix}")
-        for name in {self.engine, *REQUIRED} - set(self.files):
-            raise DSEEError(f"{where} does not list {name}, so it belongs to another engine: {fix}")
+        unlisted = sorted({self.engine, *REQUIRED} - set(self.files))
+        if unlisted:
+            raise DSEEError(f"{where} does not list {unlisted[0]}, so it belongs to another engine: {fix}")
         for name, expected in sorted(self.files.items()):
             file = engine_dir / name
             if not file.is_file():

@@ -54,16 +54,23 @@ def evaluate_runs(
     return report
 
 
-def majority(labels: np.ndarray, task: Task) -> dict:
-    """The scores of always answering the data's most frequent label: beside the metric, what a model that
-    learnt nothing gets on imbalanced data."""
-    spec = task.spec
-    common = int(np.bincount(labels.astype(np.int64)).argmax())
+def constant_scores(task: Task, labels: np.ndarray, common: int | None = None) -> dict[str, float]:
+    """Every metric of the task (x 100) for always answering class `common` (default: the most frequent of
+    `labels`): beside the metric, what a model that learnt nothing gets on imbalanced data."""
+    common = int(np.bincount(labels.astype(np.int64)).argmax()) if common is None else common
     pred = np.full_like(labels, common)
+    classes = len(task.label_names)
+    return {m: task.spec.score(m, pred, labels, task.positive, classes) for m in task.spec.metrics}
+
+
+def majority(labels: np.ndarray, task: Task) -> dict:
+    """The evaluation data's most frequent label and the task metric (and accuracy) of always answering it."""
+    common = int(np.bincount(labels.astype(np.int64)).argmax())
+    scores = constant_scores(task, labels, common)
     entry = {
         "label": task.label_names[common] if common < len(task.label_names) else str(common),
-        "metric": spec.score(task.metric, pred, labels, task.positive, len(task.label_names)),
+        "metric": scores[task.metric],
     }
-    if "accuracy" in spec.metrics:
-        entry["accuracy"] = spec.score("accuracy", pred, labels)
+    if "accuracy" in scores:
+        entry["accuracy"] = scores["accuracy"]
     return entry

@@ -216,7 +216,7 @@ class Session:
                 target.abort()
             raise
         if main:
-            out.path = target.commit()
+            target.commit()
         barrier()  # the others return once the checkpoint is in place
         out.path = target.target
         return out
@@ -353,17 +353,14 @@ class Session:
         nothing scores on imbalanced data (F1 and accuracy can look fine for it)."""
         import numpy as np
 
+        from ..runtime.evaluate import constant_scores
+
         task = self.run.task
         if not task.spec.labelled or task.spec.continuous_labels or len(ds) == 0:
             return {}
         common = int(np.bincount(np.asarray(self.train_ds["labels"])).argmax())
-        labels = np.asarray(ds["labels"])
-        preds = np.full_like(labels, common)
-        classes = len(task.label_names)
-        return {
-            f"{prefix}_majority_{m}": task.spec.score(m, preds, labels, task.positive, classes) / 100
-            for m in task.spec.metrics
-        }
+        scores = constant_scores(task, np.asarray(ds["labels"]), common)
+        return {f"{prefix}_majority_{m}": value / 100 for m, value in scores.items()}
 
     def save(self, out: Path, metrics: dict, sources: dict):
         from ..checkpoint import METRICS_FILE, save_checkpoint
