@@ -60,6 +60,7 @@ class ArchSpec:
     position_offset: int = 0  # positions below this are reserved (RoBERTa counts from padding_idx + 1)
     heads_key: str = "num_attention_heads"
     hidden_key: str = "hidden_size"
+    ffn_key: str = "intermediate_size"  # the FFN width (None in GPT-2's config means 4 x hidden)
 
     def site(self, target: str) -> Site:
         if target not in TARGETS:
@@ -80,6 +81,13 @@ class ArchSpec:
 
     def hidden_size(self, config) -> int:
         return int(_key(config, self.hidden_key))
+
+    def num_layers(self, config) -> int:
+        return int(config.num_hidden_layers)  # transformers maps n_layer / n_layers onto this name
+
+    def ffn_width(self, config) -> int:
+        width = getattr(config, self.ffn_key, None)
+        return int(width) if width is not None else 4 * self.hidden_size(config)
 
     def max_positions(self, config) -> int:
         return int(_key(config, self.positions_key))
@@ -200,6 +208,7 @@ class DistilBertSpec(ArchSpec):
     onnx_inputs = ("input_ids", "attention_mask")
     heads_key = "n_heads"
     hidden_key = "dim"
+    ffn_key = "hidden_dim"
 
 
 @register
@@ -218,3 +227,4 @@ class GPT2Spec(ArchSpec):
     positions_key = "n_positions"
     heads_key = "n_head"
     hidden_key = "n_embd"
+    ffn_key = "n_inner"

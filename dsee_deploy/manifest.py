@@ -62,6 +62,9 @@ class Manifest:
     validate_data: dict | None = None
     tensorrt: dict | None = None
     triton: dict | None = None
+    speedup: dict | None = field(
+        default=None, metadata={"help": "Measured against the dense engine; the speed target, if any."}
+    )
     status: str = field(default="complete", metadata={"help": "complete, or failed (with error)."})
     error: str | None = None
     export_seconds: float | None = None
@@ -112,7 +115,10 @@ class Manifest:
         return cls(**data)
 
     def content_digest(self) -> str:
-        data = {k: v for k, v in self.to_dict().items() if k != "digest"}
+        # `speedup` came within format 4: a manifest without one keeps the digest it was written with.
+        data = {
+            k: v for k, v in self.to_dict().items() if k != "digest" and not (k == "speedup" and v is None)
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def failures(self) -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,32 @@ def collator_for(task, tokenizer):
     return DataCollatorWithPadding(tokenizer)
 
 
+@dataclass
+class Distillation:
+    """What a student learns from its teacher besides the task: the teacher's softened outputs (weight `alpha`
+    against the task loss, at `temperature`) and, layer by layer, its hidden states (weight `hidden`, MSE over
+    real tokens) for the (student, teacher) hidden-state indices of `layer_map` (0 is the embeddings)."""
+
+    teacher: Any
+    alpha: float = 0.5
+    temperature: float = 2.0
+    hidden: float = 0.0
+    layer_map: list[tuple[int, int]] = field(default_factory=list)
+
+
+def layer_map(kept: list[bool], teacher_layers: int) -> list[tuple[int, int]]:
+    """Which teacher layer each student layer learns from: the one at the same depth (by proportion, for a
+    teacher of another depth). A student layer that kept nothing (no heads, no FFN neurons) passes its input
+    through, so it has nothing to learn: its teacher layer is left out rather than forced onto the layer
+    before it (CoFi maps such layers away too)."""
+    student_layers = len(kept)
+    return [
+        (i + 1, max(1, round((i + 1) * teacher_layers / student_layers)))
+        for i, keeps in enumerate(kept)
+        if keeps
+    ]
+
+
 def build_trainer(
     model,
     tokenizer,
@@ -42,12 +70,11 @@ def build_trainer(
     task,
     opts,
     work_dir: Path,
-    teacher=None,
-    distill_alpha: float = 0.5,
-    distill_temperature: float = 2.0,
+    distill: Distillation | None = None,
+    callbacks: list | None = None,
 ):
     """A Trainer for `opts` (a TuneConfig) that evaluates every epoch and keeps the best checkpoint by the
-    task's recorded metric."""
+    task's recorded metric (no evaluation where `eval_ds` is None)."""
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -92,9 +119,9 @@ def build_trainer(
     collator = collator_for(task, tokenizer)
     kwargs = {}
     cls = Trainer
-    if teacher is not None:
+    if distill is not None:
         cls = distillation_trainer_class()
-        kwargs = {"teacher": teacher, "alpha": distill_alpha, "temperature": distill_temperature}
+        kwargs = {"distill": distill}
     return cls(
         model=model,
         args=args,
@@ -102,6 +129,7 @@ def build_trainer(
         eval_dataset=eval_ds,
         data_collator=collator,
         compute_metrics=compute_metrics_for(task),
+        callbacks=callbacks,
         **kwargs,
     )
 
@@ -128,37 +156,50 @@ def importance_batches(ds, tokenizer, task, samples: int, batch_size: int) -> li
 
 
 def distillation_trainer_class():
-    """A Trainer whose loss mixes the task loss with a distillation loss from a frozen teacher (the unpruned
-    tuned model): KL between temperature-softened distributions for classification and LM, MSE for
-    regression. Built lazily so that importing this module does not import transformers."""
+    """A Trainer whose loss mixes the task loss with distillation from a frozen teacher (`Distillation`): KL
+    between temperature-softened distributions for classification and LM, MSE for regression, and MSE between
+    mapped hidden states. Built lazily so that importing this module does not import transformers."""
     import torch
     from torch.nn import functional as F
     from transformers import Trainer
 
     class DistillationTrainer(Trainer):
-        def __init__(self, *args, teacher, alpha: float, temperature: float, **kwargs):
+        def __init__(self, *args, distill: Distillation, **kwargs):
             super().__init__(*args, **kwargs)
-            self.teacher, self.alpha, self.temperature = teacher.eval(), alpha, temperature
+            self.distill = distill
+            self.teacher = distill.teacher.eval().to(self.args.device)
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs)
+            d = self.distill
+            hidden = d.hidden > 0 and bool(d.layer_map)
+            outputs = model(**inputs, output_hidden_states=hidden and model.training)
             if not model.training:  # evaluation reports the task loss, comparable with any other run's
                 return (outputs.loss, outputs) if return_outputs else outputs.loss
             with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits
-            student = outputs.logits
+                taught = self.teacher(**inputs, output_hidden_states=hidden)
+            student, teacher_logits = outputs.logits, taught.logits
             if student.shape[-1] == 1:  # regression
-                distill = F.mse_loss(student, teacher_logits)
+                soft = F.mse_loss(student, teacher_logits)
             else:
-                t = self.temperature
-                distill = F.kl_div(
+                t = d.temperature
+                soft = F.kl_div(
                     F.log_softmax(student.reshape(-1, student.shape[-1]) / t, dim=-1),
                     F.softmax(teacher_logits.reshape(-1, student.shape[-1]) / t, dim=-1),
                     reduction="batchmean",
                 ) * (t * t)
-            loss = (1 - self.alpha) * outputs.loss + self.alpha * distill
+            loss = (1 - d.alpha) * outputs.loss + d.alpha * soft
+            if hidden:
+                mask = inputs.get("attention_mask")
+                first = outputs.hidden_states[0]
+                mask = (torch.ones_like(first[..., :1]) if mask is None else mask[..., None]).to(first.dtype)
+                tokens = mask.sum() * first.shape[-1]
+                layers = [
+                    (((outputs.hidden_states[s] - taught.hidden_states[t]) ** 2) * mask).sum() / tokens
+                    for s, t in d.layer_map
+                ]
+                loss = loss + d.hidden * torch.stack(layers).mean()
             return (loss, outputs) if return_outputs else loss
 
     return DistillationTrainer

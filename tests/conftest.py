@@ -316,3 +316,19 @@ def classifier(engines):
     from dsee_deploy.serve import Engine
 
     return Engine.load(engines["classification"], threads=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def latency_cache(tmp_path_factory):
+    """Latency models measured by the tests go to one directory of this session (shared between tests, never
+    the user's ~/.cache)."""
+    import os
+
+    path = tmp_path_factory.mktemp("latency-cache")
+    previous = os.environ.get("DSEE_DEPLOY_CACHE")
+    os.environ["DSEE_DEPLOY_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("DSEE_DEPLOY_CACHE", None)
+    else:
+        os.environ["DSEE_DEPLOY_CACHE"] = previous

@@ -76,6 +76,13 @@ class ExportConfig:
     validate: bool = field(
         default=True, metadata={"help": "Check the engine against PyTorch (--no-validate: not recommended)."}
     )
+    speedup: bool = field(
+        default=True,
+        metadata={
+            "help": "For a checkpoint whose heads or FFN neurons were pruned: time the engine against a dense "
+            "engine of the same geometry and precision on this machine (seconds), into the manifest."
+        },
+    )
     min_shape: str = field(
         default="1x1",
         metadata={"help": "TensorRT: smallest BATCHxSEQ the engine accepts.", "group": "tensorrt"},

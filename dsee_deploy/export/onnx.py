@@ -21,7 +21,7 @@ def export_onnx(model, tokenizer, task, out: Path, opset: int = 17) -> Path:
         model.config.use_cache = False  # no KV cache yet: one graph, full sequence in, logits out
     # optimum logs every step at INFO; the CLI reports what matters itself.
     previous = logging.getLogger("optimum").level
-    logging.getLogger("optimum").setLevel(logging.WARNING)
+    logging.getLogger("optimum").setLevel(max(previous, logging.WARNING))
     try:
         with warnings.catch_warnings():
             # The tracer warns about constants in transformers' mask code; validation checks the result instead.

@@ -151,6 +151,14 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
                 f"fp32 on {config.validate_data} (--max-metric-drop {config.max_metric_drop}): keep fp32, or "
                 f"allow more"
             )
+    if (
+        config.speedup
+        and FORMATS[config.format].optimizes
+        and source.pruning
+        and source.pruning["structured"]
+    ):
+        timed = {k: v for k, v in engines.items() if k.endswith(("fp32", "int8"))}  # fp16 is for GPUs
+        manifest.speedup = measure_speedup(source, timed)
     if precision.reduced:
         engines["onnx fp32"].unlink()
     manifest.parameters["onnx"] = onnx_parameter_count(path)
@@ -275,6 +283,30 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
         "layers_with_heads": with_heads,
         "note": note,
     }
+
+
+def measure_speedup(source: Source, engines: dict) -> dict:
+    """The engines against dense ones at the speed target's batch, sequence and threads (batch 1, sequence 128,
+    all cores without a target), with the target and its prediction beside them."""
+    from ..latency import measured_speedup
+
+    target = source.pruning.get("target")
+    key = target["latency_model"] if target else {}
+    record = measured_speedup(
+        source.model.base_model.config,
+        source.task.spec,
+        engines,
+        key.get("batch", 1),
+        key.get("seq_len", 128),
+        key.get("threads"),
+    )
+    if target:
+        record.update(
+            target=target["speedup"],
+            predicted=target["predicted_speedup"],
+            target_precision=key["precision"],
+        )
+    return record
 
 
 def _hashes(out: Path) -> dict:

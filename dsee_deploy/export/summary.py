@@ -37,6 +37,8 @@ def summarize(manifest: Manifest, out: Path) -> str:
             f"{manifest.precision}: max |diff| {max_diff(reduced):.2e} against PyTorch (not judged by --atol)"
             + (f"; argmax agreement {', '.join(agree)} on the validation shapes" if agree else "")
         )
+    if manifest.speedup:
+        lines.append(describe_speedup(manifest.speedup))
     data = manifest.validate_data
     if data:
         rows = "; ".join(
@@ -66,6 +68,23 @@ def summarize(manifest: Manifest, out: Path) -> str:
                 f"{data['max_metric_drop']} pt allowed)"
             )
     return "\n".join(lines)
+
+
+def describe_speedup(record: dict) -> str:
+    """One line: the measured speed-ups against the dense engine, and the target and prediction if any."""
+    shown = []
+    for name, e in record["engines"].items():
+        text = f"{name.removeprefix('onnx ')} {e['measured']:.2f}x ({e['dense_ms']:.2f} -> {e['ms']:.2f} ms)"
+        if "against_dense_fp32" in e:
+            text += f", {e['against_dense_fp32']:.2f}x against dense fp32"
+        shown.append(text)
+    line = (
+        f"measured speed-up against the dense engine (batch {record['batch']}, sequence {record['seq_len']}, "
+        f"{record['threads']} threads): {'; '.join(shown)}"
+    )
+    if record.get("target"):
+        line += f"; target {record['target']:g}x, predicted {record['predicted']:.2f}x ({record['target_precision']})"
+    return line
 
 
 def _number(value) -> str:

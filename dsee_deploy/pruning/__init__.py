@@ -2,11 +2,12 @@
 
 from .config import PruneConfig
 from .masks import apply_masks, load_masks, save_masks
-from .prune import encoder_flops, format_report, prune_model
+from .prune import choose_layout, encoder_flops, format_report, prune_model
 
 __all__ = [
     "PruneConfig",
     "apply_masks",
+    "choose_layout",
     "encoder_flops",
     "format_report",
     "load_masks",

@@ -8,8 +8,10 @@ from ..architectures import TARGETS
 from ..errors import ConfigError, versioned_fields
 from .importance import STRUCTURED, UNSTRUCTURED
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # version 1 had no speed target
 SCOPES = ("global", "layer")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -22,6 +24,23 @@ class PruneConfig:
     )
     unstructured: float = field(
         default=0.0, metadata={"help": "Fraction of weights to zero.", "flag": "--prune-unstructured"}
+    )
+    target_speedup: float = field(
+        default=0.0,
+        metadata={
+            "help": "Instead of ratios: keep the heads and FFN neurons (per layer, chosen together) that hold the "
+            "most importance for an engine predicted this many times faster than the dense one, by a latency "
+            "model measured on this machine (cached).",
+        },
+    )
+    latency_precision: str = field(
+        default="fp32",
+        metadata={"help": "Engine precision the speed target is for.", "choices": PRECISIONS},
+    )
+    latency_batch: int = field(default=1, metadata={"help": "Batch size the speed target is for."})
+    latency_seq_len: int = field(default=128, metadata={"help": "Sequence length the speed target is for."})
+    latency_threads: int = field(
+        default=0, metadata={"help": "Intra-op threads the speed target is for (0: all cores)."}
     )
     importance: str = field(
         default="",
@@ -64,6 +83,16 @@ class PruneConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ConfigError(f"{flag} must be in [0, 1), got {value}: it is the fraction to remove")
+        if self.target_speedup and (self.heads or self.ffn):
+            raise ConfigError(
+                "--target-speedup chooses the heads and FFN neurons itself: drop --prune-heads / --prune-ffn"
+            )
+        if self.target_speedup and not self.target_speedup > 1:
+            raise ConfigError(f"--target-speedup must be above 1, got {self.target_speedup:g}")
+        if self.latency_precision not in PRECISIONS:
+            raise ConfigError(f"--latency-precision must be one of {', '.join(PRECISIONS)}")
+        if self.latency_batch < 1 or self.latency_seq_len < 2 or self.latency_threads < 0:
+            raise ConfigError("--latency-batch must be >= 1, --latency-seq-len >= 2, --latency-threads >= 0")
         if self.importance and self.importance not in STRUCTURED:
             raise ConfigError(f"--importance must be one of {', '.join(STRUCTURED)}, got '{self.importance}'")
         if self.unstructured and self.importance == "taylor":
@@ -82,7 +111,7 @@ class PruneConfig:
 
     @property
     def structured(self) -> bool:
-        return self.heads > 0 or self.ffn > 0
+        return self.heads > 0 or self.ffn > 0 or self.target_speedup > 0
 
     @property
     def any(self) -> bool:
@@ -103,6 +132,9 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PruneConfig:
+        data = dict(data)
+        if data.get("format_version") in READS:
+            data["format_version"] = FORMAT_VERSION
         return cls(
             **versioned_fields(cls, data, FORMAT_VERSION, "pruning config", "prune again with dsee-prune")
         )

@@ -37,10 +37,12 @@ def prune_model(
     previous: dict | None = None,
     seq_len: int = 128,
     layout: list[dict] | None = None,
+    planned: dict | None = None,
 ) -> tuple[dict, dict]:
     """Prune `model` in place (structured: physically; unstructured: fixed masks). Returns the pruning record
     for pruning.json and the masks. `previous` is the record of a checkpoint that was pruned before; `layout`
-    ({"kept_heads", "kept_ffn"} per layer) replaces the importance ranking where the structure is given."""
+    ({"kept_heads", "kept_ffn"} per layer) replaces the importance ranking where the structure is given, as
+    `choose_layout` chose it (`planned`: its speed-target record)."""
     spec = get_spec(model.config.model_type)
     if previous:
         if config.structured and previous["structured"]:
@@ -63,18 +65,13 @@ def prune_model(
             {"kept_heads": list(range(n_heads)), "kept_ffn": list(range(width))} for _ in range(n_layers)
         ]
 
+    target = None
     if layout is not None:
         layers = [{"kept_heads": list(e["kept_heads"]), "kept_ffn": list(e["kept_ffn"])} for e in layout]
+        target = planned
         shrink_checked(model, layers, spec, n_heads, width)
     elif config.structured:
-        importance = config.structured_importance()
-        # Under torchrun every process scores its own copy; all must cut the same heads: the main one decides.
-        head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec))
-        if importance == "taylor" and config.scope == "global":
-            head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
-        kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
-        kept_ffn = keep_structured(ffn_scores, config.ffn, config.scope, config.min_ffn)
-        layers = [{"kept_heads": h, "kept_ffn": f} for h, f in zip(kept_heads, kept_ffn, strict=True)]
+        layers, target = choose_layout(model, config, batches)
         shrink_checked(model, layers, spec, n_heads, width)
 
     masks: dict = {}
@@ -91,6 +88,7 @@ def prune_model(
         )
         apply_masks(model, spec, masks)
 
+    target = target or (previous or {}).get("target")
     hidden = spec.hidden_size(model.config)
     head_size = hidden // n_heads
     pruned_params, nonzero = block_parameters(model, spec)
@@ -129,6 +127,7 @@ def prune_model(
         "hidden_size": hidden,
         "ffn_width": width,
         "layers": layers,
+        **({"target": target} if target else {}),
         "parameters": {
             "encoder_dense": dense_params,
             "encoder_pruned": pruned_params,
@@ -142,6 +141,59 @@ def prune_model(
         },
     }
     return record, masks
+
+
+def choose_layout(
+    model: nn.Module, config: PruneConfig, batches=None, log=print
+) -> tuple[list[dict], dict | None]:
+    """What structured pruning of the (unshrunk) `model` keeps, {"kept_heads", "kept_ffn"} per layer, and for a
+    speed target its record (target, predicted speed-up, the latency model it was predicted by)."""
+    from ..distributed import is_main
+
+    spec = get_spec(model.config.model_type)
+    importance = config.structured_importance()
+    # Under torchrun every process scores its own copy; all must cut the same heads: the main one decides.
+    head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec))
+    if config.target_speedup:
+        from .search import search_layout
+
+        # Raw scores: the search weighs a head against FFN neurons, and |dL/dgate| is a loss change for both.
+        # The latency model is measured (or read from the cache) once, by the main process.
+        latency = from_main(latency_for(model, config, log) if is_main() else None)
+        layers, predicted = search_layout(
+            head_scores, ffn_scores, latency, config.target_speedup, config.min_heads, config.min_ffn
+        )
+        kept = ([len(e["kept_heads"]) for e in layers], [len(e["kept_ffn"]) for e in layers])
+        return layers, {
+            "speedup": config.target_speedup,
+            "predicted_speedup": round(predicted, 4),
+            "predicted_ms": round(latency.predict_ms(*kept), 4),
+            "dense_ms": round(latency.dense_ms, 4),
+            "latency_model": latency.key,
+        }
+    if importance == "taylor" and config.scope == "global":
+        head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
+    kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
+    kept_ffn = keep_structured(ffn_scores, config.ffn, config.scope, config.min_ffn)
+    return [{"kept_heads": h, "kept_ffn": f} for h, f in zip(kept_heads, kept_ffn, strict=True)], None
+
+
+def latency_for(model: nn.Module, config: PruneConfig, log=print):
+    """The latency model of `model`'s geometry and task for the engine `config`'s speed target is about."""
+    from ..latency import latency_model
+    from ..tasks import task_of_model
+
+    model_config = model.config.__class__.from_dict(model.config.to_dict())
+    model_config.architectures = [type(model).__name__]  # what task_of_model reads the head from
+    return latency_model(
+        model_config,
+        task_of_model(model_config),
+        config.latency_precision,
+        config.latency_batch,
+        config.latency_seq_len,
+        config.latency_threads or None,
+        log=log,
+    )
 
 
 def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads: int, width: int) -> None:
@@ -204,4 +256,15 @@ def format_report(record: dict) -> str:
         f"{f['encoder_dense'] / 1e9:.3f} G dense ({100 * f['encoder_ratio']:.1f} %; dense kernels: unstructured "
         f"zeros do not count)",
     ]
+    if record.get("target"):
+        lines.append(describe_target(record["target"]))
     return "\n".join(lines)
+
+
+def describe_target(target: dict) -> str:
+    k = target["latency_model"]
+    return (
+        f"speed target {target['speedup']:g}x: predicted {target['predicted_speedup']:.2f}x "
+        f"({target['dense_ms']:.2f} ms dense -> {target['predicted_ms']:.2f} ms, {k['precision']} engines on "
+        f"{k['processor']}, batch {k['batch']}, sequence {k['seq_len']}, {k['threads']} threads)"
+    )

@@ -11,6 +11,7 @@ from ..tasks import CausalLM, Classification, Regression
 FORMAT_VERSION = 1
 # What dsee-tune trains: auto, or a task of the registry that has training data of its own.
 TASK_CHOICES = ("auto", Classification.kind, Regression.kind, CausalLM.kind)
+SCHEDULES = ("gradual", "oneshot")
 
 
 @dataclass
@@ -106,10 +107,43 @@ class TuneConfig:
             "group": "re-tuning after pruning",
         },
     )
+    prune_schedule: str = field(
+        default="gradual",
+        metadata={
+            "help": "gradual: the heads and FFN neurons to remove fade out over the first --prune-warmup of "
+            "re-tuning, then are cut and the model is tuned at its final layout; oneshot: cut, then re-tune.",
+            "choices": SCHEDULES,
+            "group": "re-tuning after pruning",
+        },
+    )
+    prune_warmup: float = field(
+        default=1 / 3,
+        metadata={
+            "help": "Fraction of the re-tuning epochs over which a gradual schedule fades the removed units out.",
+            "group": "re-tuning after pruning",
+        },
+    )
     distill: bool = field(
         default=False,
         metadata={
-            "help": "Re-tune with distillation from the unpruned model.",
+            "help": "Re-tune with distillation from the unpruned model (on by default with --target-speedup or "
+            "--teacher).",
+            "group": "re-tuning after pruning",
+        },
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from this fine-tuned model instead (a dsee-tune checkpoint or a transformers directory, "
+            "e.g. a --full-finetune output) with the same tokenizer and labels.",
+            "group": "re-tuning after pruning",
+        },
+    )
+    distill_hidden: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the layer-wise distillation (MSE between the student's and the teacher's hidden "
+            "states, layer by layer; 0: logits only).",
             "group": "re-tuning after pruning",
         },
     )
@@ -137,6 +171,14 @@ class TuneConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.prune_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"--prune-schedule must be one of {', '.join(SCHEDULES)}, got '{self.prune_schedule}'"
+            )
+        if not 0 < self.prune_warmup < 1:
+            raise ConfigError(f"--prune-warmup must be in (0, 1), got {self.prune_warmup}")
+        if self.distill_hidden < 0 or not 0 <= self.distill_alpha <= 1:
+            raise ConfigError("--distill-hidden must be >= 0 and --distill-alpha in [0, 1]")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1), got {self.warmup_ratio}")
 

@@ -69,8 +69,11 @@ def tune(
 
     started = time.perf_counter()
     config, dsee, prune = config or TuneConfig(), dsee or DSEEConfig(), prune or PruneConfig()
-    if config.distill and not prune.any:
-        raise DSEEError("--distill recovers accuracy after pruning: pass a --prune-* ratio with it")
+    if (config.distill or config.teacher) and not prune.any:
+        raise DSEEError(
+            f"{'--teacher' if config.teacher else '--distill'} recovers accuracy after pruning: pass "
+            "--target-speedup or a --prune-* ratio with it"
+        )
     if config.full_finetune and (prune.any or resume):
         raise DSEEError(
             "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
@@ -86,13 +89,20 @@ def tune(
             "--model": model,
             "--resume": resume,
             "--base-model": base_model or (recorded_base(resume) if resume else None),
+            "--teacher": config.teacher,
         },
     )
+    if config.teacher and not Path(config.teacher).is_dir():
+        raise DSEEError(
+            f"--teacher '{config.teacher}' is not a directory: pass a dsee-tune or transformers model"
+        )
     if resume:
         run, data = resume_run(resume, base_model, train, eval, test, config)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
     session = Session(run, config, prune)
+    if config.teacher:  # loaded and checked before any training
+        session.teacher = load_teacher(config.teacher, run.task, run.tokenizer)
     return session.execute(data, target, started, {"train": train, "eval": eval})
 
 
@@ -195,11 +205,38 @@ def resume_run(checkpoint, base_model, train, eval, test, config: TuneConfig) ->
     return run, data
 
 
+def load_teacher(path: str | Path, task, tokenizer):
+    """The fine-tuned model at `path` (a dsee-tune checkpoint, merged, or a transformers directory), refused in
+    one line unless it reads the same tokens and predicts the same labels as this run's model."""
+    from types import SimpleNamespace
+
+    from ..export.source import load_source
+
+    try:
+        source = load_source(Path(path), SimpleNamespace(task="auto", pooling="auto", normalize=None))
+    except DSEEError as exc:
+        raise DSEEError(f"--teacher: {exc}") from None
+    theirs, ours = source.tokenizer.get_vocab(), tokenizer.get_vocab()
+    if theirs != ours:
+        differ = len(set(theirs.items()) ^ set(ours.items()))
+        raise DSEEError(
+            f"--teacher '{path}' has another tokenizer ({len(theirs):,} tokens against this model's {len(ours):,}, "
+            f"{differ:,} entries differ): distil from a model tuned from the same base"
+        )
+    if source.task.kind != task.kind or list(source.task.label_names) != list(task.label_names):
+        raise DSEEError(
+            f"--teacher '{path}' is a {source.task.kind} model with labels {list(source.task.label_names)}, this "
+            f"run's is {task.kind} with labels {list(task.label_names)}: distil from a model tuned on the same labels"
+        )
+    return source.model
+
+
 class Session:
     """One tuning run: train, prune and re-tune, evaluate, save. Holds the last Trainer, which also evaluates."""
 
     def __init__(self, run: Run, config: TuneConfig, prune):
         self.run, self.config, self.prune_config = run, config, prune
+        self.teacher = None  # --teacher, once loaded
         self.trainer = None
         self.steps = self.wall = 0.0
 
@@ -250,7 +287,7 @@ class Session:
         finish(self.work)
         return self.save(out, metrics, sources)
 
-    def train(self, epochs: float, teacher=None) -> None:
+    def train(self, epochs: float, distill=None, evaluate: bool = True, callbacks=None) -> None:
         from ..training import build_trainer
 
         c = self.config
@@ -258,13 +295,12 @@ class Session:
             self.run.model,
             self.run.tokenizer,
             self.train_ds,
-            self.eval_ds,
+            self.eval_ds if evaluate else None,
             self.run.task,
             replace(c, epochs=epochs),
             self.work,
-            teacher,
-            c.distill_alpha,
-            c.distill_temperature,
+            distill,
+            callbacks,
         )
         result = trainer.train()
         self.steps += result.global_step
@@ -284,7 +320,7 @@ class Session:
 
     def prune_and_retune(self) -> dict:
         """Prune (taylor scores on the training data where asked), then re-tune; what it records in metrics."""
-        from ..pruning import format_report, prune_model
+        from ..pruning import choose_layout, format_report, prune_model
         from ..training import importance_batches
         from ..tuning import count_parameters
 
@@ -295,14 +331,31 @@ class Session:
             if self.test_ds is not None:
                 before.update(self.evaluate("test", self.test_ds))
             metrics["before_pruning"] = before
-        teacher = copy.deepcopy(run.model) if config.distill else None
+        distilling = config.distill or config.teacher or prune.target_speedup
+        teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
         batches = None
         if prune.structured and prune.structured_importance() == "taylor":
             batches = importance_batches(
                 self.train_ds, run.tokenizer, run.task, prune.taylor_samples, config.batch_size
             )
+        retune = config.retune_epochs if config.retune_epochs is not None else config.epochs
+        gradual = config.prune_schedule == "gradual" and prune.structured and retune > 0
+        if prune.structured and run.pruning and run.pruning["structured"]:
+            gradual = False  # prune_model refuses it, with the reason
+        layout = planned = None
+        fade = 0.0
+        if gradual:
+            layout, planned = choose_layout(run.model, prune, batches, log=_log)
+            fade = retune * config.prune_warmup
+            self.fade_out(layout, fade, self.distillation(teacher, layout))
         run.pruning, new_masks = prune_model(
-            run.model, prune, batches, run.pruning, seq_len=prune.flops_seq_len
+            run.model,
+            prune,
+            batches,
+            run.pruning,
+            seq_len=prune.flops_seq_len,
+            layout=layout,
+            planned=planned,
         )
         run.masks = {**(run.masks or {}), **new_masks} or None
         _log(format_report(run.pruning))
@@ -314,14 +367,78 @@ class Session:
             metrics["after_pruning"] = {
                 k: v for k, v in self.evaluate("test", self.test_ds).items() if k.startswith("test_")
             }
-        retune = config.retune_epochs if config.retune_epochs is not None else config.epochs
-        if retune > 0:
-            self.train(retune, teacher)
+        if retune - fade > 0:
+            self.train(retune - fade, self.distillation(teacher, run.pruning["layers"]))
         metrics["pruning"] = {
             "flops_ratio": run.pruning["flops"]["encoder_ratio"],
             **run.pruning["parameters"],
+            "schedule": "gradual" if gradual else "oneshot",
+            "distilled_from": str(config.teacher)
+            if config.teacher
+            else ("the unpruned model" if teacher else None),
         }
+        if run.pruning.get("target"):
+            target = run.pruning["target"]
+            metrics["pruning"].update(
+                target_speedup=target["speedup"], predicted_speedup=target["predicted_speedup"]
+            )
         return metrics
+
+    def distillation(self, teacher, layers: list[dict]):
+        """How the student learns from `teacher` (None: it does not), its layers mapped by the final layout."""
+        from ..architectures import get_spec
+        from ..training import Distillation, layer_map
+
+        if teacher is None:
+            return None
+        c, spec = self.config, get_spec(self.run.model.config.model_type)
+        same_width = spec.hidden_size(teacher.config) == spec.hidden_size(self.run.model.config)
+        kept = [bool(e["kept_heads"] or e["kept_ffn"]) for e in layers]
+        mapping = layer_map(kept, spec.num_layers(teacher.config)) if same_width else []
+        return Distillation(teacher, c.distill_alpha, c.distill_temperature, c.distill_hidden, mapping)
+
+    def fade_out(self, layout: list[dict], epochs: float, distill) -> None:
+        """Gradual pruning: train for `epochs` while the heads and FFN neurons `layout` drops are scaled by a
+        factor that falls from 1 to exactly 0 on a cubic schedule (most of the removal early, while the learning
+        rate is high: Zhu & Gupta 2017, as movement pruning and CoFi schedule sparsity). Ends with the model equal
+        to the pruned one, which prune_model then checks as it cuts."""
+        import torch
+        from transformers import TrainerCallback
+
+        from ..architectures import get_spec
+        from ..pruning.gates import gated, gates_for, structure_sizes
+
+        model = self.run.model
+        spec = get_spec(model.config.model_type)
+        _, n_heads, width = structure_sizes(model, spec)
+        device = next(model.parameters()).device
+        keep_heads, keep_ffn = (g.to(device) for g in gates_for(layout, n_heads, width))
+        heads, ffn = torch.ones_like(keep_heads), torch.ones_like(keep_ffn)
+
+        def at(progress: float) -> None:
+            factor = (1 - min(max(progress, 0.0), 1.0)) ** 3
+            heads.copy_(keep_heads + (1 - keep_heads) * factor)
+            ffn.copy_(keep_ffn + (1 - keep_ffn) * factor)
+
+        class Schedule(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                at(state.global_step / max(state.max_steps, 1))
+
+            def on_train_end(self, args, state, control, **kwargs):
+                at(1.0)
+
+        removed = (
+            sum(n_heads - len(e["kept_heads"]) for e in layout),
+            sum(width - len(e["kept_ffn"]) for e in layout),
+        )
+        _log(
+            f"gradual pruning: {removed[0]} heads and {removed[1]:,} FFN neurons fade out over {epochs:g} epochs, "
+            "then are cut"
+        )
+        with gated(model, heads, ffn, spec):
+            # No evaluation here: a checkpoint from the middle of the schedule is not one of the final layout.
+            self.train(epochs, distill, evaluate=False, callbacks=[Schedule()])
+        at(1.0)
 
     def summary(self) -> dict:
         from ..tuning import count_parameters

@@ -1,0 +1,394 @@
+"""A latency model of the target runtime: what the engine of a layout (heads and FFN neurons kept in each layer)
+costs on this machine, measured rather than counted in FLOPs (ZipLM's point: a layer's cost is not linear in its
+width at small widths, and the fixed costs grow in share as the model shrinks).
+
+It is built from engines of the model's own geometry with random weights (speed does not depend on their values),
+exported, fused and quantized as dsee-export does, and timed interleaved as dsee-bench does:
+
+- one series in which every layer keeps h heads (and all FFN neurons), h over a grid from 0 to all;
+- one series in which every layer keeps f FFN neurons (and all heads), f over a grid from 0 to all.
+
+A layer's attention and FFN run one after the other, so their costs add: the saving of keeping h heads in one
+layer is (series_h(h) - dense) / layers, and the same for f. A layout's latency is the dense latency plus the
+savings of every layer's attention and FFN. What stays (embeddings, norms, the task head, per-run overhead) is the
+latency of keeping nothing, the floor of every layout. Predictions are checked against exported engines by
+benchmarks/latency (acceptance: within 10 %).
+
+Measured once per machine, runtime, precision, batch, sequence length and threads, and cached as JSON under
+$DSEE_DEPLOY_CACHE (default ~/.cache/dsee-deploy)/latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DSEEError
+
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass
+class LatencyModel:
+    key: dict  # what it holds for: architecture, geometry, precision, batch, sequence, threads, machine, runtime
+    dense_ms: float
+    head_grid: list[int]  # heads kept in every layer
+    head_ms: list[float]  # the engine's latency at each
+    ffn_grid: list[int]  # FFN neurons kept in every layer
+    ffn_ms: list[float]
+
+    def __post_init__(self) -> None:
+        # Timing noise can make a wider layer look cheaper than a narrower one; a cost that falls as width grows
+        # would mislead the search, so each series is made non-decreasing (the running maximum from below).
+        # Both series end at the dense engine, measured once.
+        for name in ("head_ms", "ffn_ms"):
+            series = np.maximum.accumulate(np.asarray(getattr(self, name), dtype=float))
+            setattr(self, name, np.minimum(series, self.dense_ms).tolist())
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.key["num_layers"])
+
+    def head_cost(self, kept: np.ndarray | int) -> np.ndarray:
+        """Latency (ms, negative: a saving) of one layer keeping `kept` heads, against all."""
+        return (np.interp(kept, self.head_grid, self.head_ms) - self.dense_ms) / self.num_layers
+
+    def ffn_cost(self, kept: np.ndarray | int) -> np.ndarray:
+        return (np.interp(kept, self.ffn_grid, self.ffn_ms) - self.dense_ms) / self.num_layers
+
+    def predict_ms(self, heads: list[int], ffn: list[int]) -> float:
+        """Predicted latency of an engine keeping heads[i] heads and ffn[i] FFN neurons in layer i."""
+        if len(heads) != self.num_layers or len(ffn) != self.num_layers:
+            raise DSEEError(
+                f"a layout of {len(heads)} layers does not fit this latency model of {self.num_layers} layers"
+            )
+        return float(
+            self.dense_ms + self.head_cost(np.asarray(heads)).sum() + self.ffn_cost(np.asarray(ffn)).sum()
+        )
+
+    def speedup(self, heads: list[int], ffn: list[int]) -> float:
+        return self.dense_ms / self.predict_ms(heads, ffn)
+
+    def floor_ms(self, min_heads: int = 0, min_ffn: int = 0) -> float:
+        """The fastest layout's latency: every layer keeping only what it must."""
+        n = self.num_layers
+        return self.predict_ms([min_heads] * n, [min_ffn] * n)
+
+    def summary(self) -> str:
+        k = self.key
+        return (
+            f"{k['architecture']} {k['num_layers']} layers, {k['precision']}, batch {k['batch']}, sequence "
+            f"{k['seq_len']}, {k['threads']} threads: dense {self.dense_ms:.2f} ms, nothing kept "
+            f"{self.floor_ms():.2f} ms (at most {self.dense_ms / self.floor_ms():.1f}x)"
+        )
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyModel:
+        data = dict(data)
+        if data.pop("format_version", None) != FORMAT_VERSION:
+            raise DSEEError("cached latency model of another format: it is measured again")
+        return cls(**data)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DSEE_DEPLOY_CACHE") or Path.home() / ".cache" / "dsee-deploy"
+    return Path(root) / "latency"
+
+
+def latency_key(model_config, precision: str, batch: int, seq_len: int, threads: int, provider: str) -> dict:
+    """Everything a latency model's figures depend on: change any and it is measured again."""
+    import onnxruntime
+
+    from .architectures import get_spec
+    from .bench.harness import machine
+
+    spec = get_spec(model_config.model_type)
+    host = machine()
+    return {
+        "architecture": model_config.model_type,
+        "num_layers": int(spec.num_layers(model_config)),
+        "hidden_size": int(spec.hidden_size(model_config)),
+        "num_heads": int(spec.num_heads(model_config)),
+        "ffn_width": int(spec.ffn_width(model_config)),
+        "vocab_size": int(model_config.vocab_size),
+        "num_labels": int(getattr(model_config, "num_labels", 0)),
+        "precision": precision,
+        "batch": int(batch),
+        "seq_len": int(seq_len),
+        "threads": int(threads),
+        "provider": provider,
+        "processor": host["processor"],
+        "cpu_count": host["cpu_count"],
+        "cpu_flags": host["cpu_flags"],
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def latency_model(
+    model_config,
+    task_spec,
+    precision: str = "fp32",
+    batch: int = 1,
+    seq_len: int = 128,
+    threads: int | None = None,
+    provider: str = "CPUExecutionProvider",
+    *,
+    cache: bool = True,
+    grid: tuple[list[int], list[int]] | None = None,
+    rounds: int = 7,
+    log=print,
+) -> LatencyModel:
+    """The latency model of `model_config`'s geometry (a transformers config) for engines of `task_spec`
+    (tasks.TaskSpec), from the cache or measured now (a few minutes for a 6-layer model, once)."""
+    if precision not in PRECISIONS:
+        raise DSEEError(f"latency precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    threads = threads or os.cpu_count() or 1
+    seq_len = fitting_length(model_config, seq_len)
+    key = latency_key(model_config, precision, batch, seq_len, threads, provider)
+    if grid:
+        key["grid"] = [list(grid[0]), list(grid[1])]
+    path = cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    if cache and path.is_file():
+        try:
+            found = LatencyModel.from_dict(json.loads(path.read_text()))
+            if found.key == key:
+                return found
+        except (ValueError, TypeError, DSEEError):
+            pass  # unreadable or of another format: measured again below
+    heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
+    log(
+        f"measuring the latency of {len(heads_grid) + len(ffn_grid) - 1} {precision} engines of this geometry "
+        f"on this machine (batch {batch}, sequence {seq_len}, {threads} threads); cached in {path.parent}"
+    )
+    measured = measure(
+        model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
+    )
+    n_heads, width = key["num_heads"], key["ffn_width"]
+    model = LatencyModel(
+        key,
+        measured[(n_heads, width)],
+        list(heads_grid),
+        [measured[(h, width)] for h in heads_grid],
+        list(ffn_grid),
+        [measured[(n_heads, f)] for f in ffn_grid],
+    )
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(model.to_dict(), indent=1))
+        tmp.replace(path)  # a reader never sees half a file
+    log(model.summary())
+    return model
+
+
+def fitting_length(model_config, seq_len: int) -> int:
+    """`seq_len`, or the model's longest input where that is shorter (a speed target at 128 tokens of a model
+    with 64 positions is one at 64)."""
+    from .architectures import get_spec
+
+    return min(int(seq_len), get_spec(model_config.model_type).max_tokens(model_config))
+
+
+def default_grid(num_heads: int, ffn_width: int) -> tuple[list[int], list[int]]:
+    """Every head count (few enough to measure each); FFN widths denser at the small end, where per-operator
+    overhead bends the cost away from linear."""
+    heads = (
+        list(range(num_heads + 1))
+        if num_heads <= 16
+        else sorted(set(np.linspace(0, num_heads, 13).round().astype(int)))
+    )
+    fractions = [0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1]
+    ffn = sorted({round(f * ffn_width) for f in fractions})
+    return [int(h) for h in heads], [int(f) for f in ffn]
+
+
+def uniform_layout(num_layers: int, heads: int, ffn: int) -> list[dict]:
+    return [{"kept_heads": list(range(heads)), "kept_ffn": list(range(ffn))} for _ in range(num_layers)]
+
+
+def build_engine(
+    model_config, task_spec, layout: list[dict] | None, precision: str, out: Path, seed: int = 0
+) -> Path:
+    """An engine of `model_config`'s geometry pruned to `layout` (None: dense), with random weights, exported,
+    fused and (int8) quantized as dsee-export makes them. Returns the .onnx path."""
+    import torch
+
+    from .architectures import get_spec
+    from .bench.synthetic import _tokenizer
+    from .export.config import ExportConfig
+    from .export.onnx import export_onnx
+    from .export.optimize import optimize_for_cpu
+    from .export.precision import quantize_int8
+    from .surgery import apply_structure
+    from .tasks import Classification, get_task
+
+    spec = get_spec(model_config.model_type)
+    model_config = model_config.__class__.from_dict(model_config.to_dict())
+    model_config.pruned_heads = {}  # a pruned model's config lists its pruned heads; from_config would prune them
+    if (
+        task_spec.pooled
+    ):  # a sentence encoder costs what the classifier's encoder does; its head is negligible
+        task_spec = get_task(Classification.kind)
+    torch.manual_seed(seed)
+    model = task_spec.model_class().from_config(model_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # distinct tensors, as trained weights are (see bench.synthetic)
+            p.add_(0.02 * torch.randn(p.shape))
+    if layout is not None:
+        apply_structure(model, layout, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = export_onnx(model, _tokenizer(), task_spec, out, ExportConfig().opset)  # dsee-export's opset
+    optimize_for_cpu(graph, spec.ort_model_type, fuse_skip_layernorm=False)
+    if precision == "int8":
+        quantized = out / "model_int8.onnx"
+        quantize_int8(graph, quantized)
+        return quantized
+    return graph
+
+
+def time_engines(
+    paths: dict, model_config, batch: int, seq_len: int, threads: int, provider: str, rounds: int
+) -> dict:
+    """Best time (ms) per round, median over rounds, of each engine, all run interleaved on the same inputs."""
+    timings = timings_of(
+        paths, model_config.model_type, model_config.vocab_size, batch, seq_len, threads, provider, rounds
+    )
+    return {name: float(np.median(t.best)) * 1000 for name, t in timings.items()}
+
+
+def timings_of(
+    paths: dict,
+    architecture: str,
+    vocab_size: int,
+    batch: int,
+    seq_len: int,
+    threads: int,
+    provider: str,
+    rounds: int,
+) -> dict:
+    """bench.timing.Timing of each engine, run interleaved (as dsee-bench runs them) on the same inputs."""
+    from .architectures import get_spec
+    from .bench.timing import interleave
+    from .runtime import make_session
+
+    rng = np.random.default_rng(0)
+    vocab = int(vocab_size)
+    sessions = {
+        name: make_session(p, threads=threads, providers=[provider], spin_us=100, sequential=True)
+        for name, p in paths.items()
+    }
+    runners = {}
+    for name, session in sessions.items():
+        ids = rng.integers(min(5, vocab - 1), min(1000, vocab), size=(batch, seq_len), dtype=np.int64)
+        names = [i.name for i in session.get_inputs()]
+        feeds = get_spec(architecture).feeds(names, ids, np.ones_like(ids))
+        runners[name] = lambda s=session, f=feeds: s.run(None, f)
+    return interleave(runners, rounds=rounds, warmup=2, target_block_s=0.1)
+
+
+def measure(
+    model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
+) -> dict:
+    """Latency (ms) of the uniform layouts (h heads, f neurons in every layer) of both series."""
+
+    from .architectures import get_spec
+
+    spec = get_spec(model_config.model_type)
+    n_heads, width = spec.num_heads(model_config), spec.ffn_width(model_config)
+    shapes = sorted({(h, width) for h in heads_grid} | {(n_heads, f) for f in ffn_grid})
+    quiet = logging.getLogger("optimum")  # it warns about the opset on every one of these exports
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    try:
+        return _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes)
+    finally:
+        quiet.setLevel(level)
+
+
+def _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes) -> dict:
+    from tqdm.auto import tqdm
+
+    from .architectures import get_spec
+
+    spec = get_spec(model_config.model_type)
+    n_layers, n_heads, width = (
+        spec.num_layers(model_config),
+        spec.num_heads(model_config),
+        spec.ffn_width(model_config),
+    )
+    with tempfile.TemporaryDirectory(prefix="dsee-latency-") as tmp:
+        paths = {}
+        for h, f in tqdm(shapes, desc="latency model: building engines", leave=False):
+            layout = None if (h, f) == (n_heads, width) else uniform_layout(n_layers, h, f)
+            paths[(h, f)] = str(
+                build_engine(model_config, task_spec, layout, precision, Path(tmp) / f"h{h}-f{f}")
+            )
+        return time_engines(paths, model_config, batch, seq_len, threads, provider, rounds)
+
+
+def measured_speedup(
+    model_config,
+    task_spec,
+    engines: dict,
+    batch: int = 1,
+    seq_len: int = 128,
+    threads: int | None = None,
+    provider: str = "CPUExecutionProvider",
+    rounds: int = 10,
+) -> dict:
+    """Each engine of `engines` ({name: path}, name ending in its precision, fp32 or int8) timed against a dense
+    engine of the same geometry and precision, exported alike with random weights, all interleaved in one run:
+    the median over rounds of dense best / engine best. int8 engines are also timed against dense fp32."""
+    from .bench.timing import speedup
+    from .export.precision import quantize_int8
+
+    threads = threads or os.cpu_count() or 1
+    seq_len = fitting_length(model_config, seq_len)
+    architecture = model_config.model_type
+    quiet = logging.getLogger("optimum")
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dsee-speedup-") as tmp:
+            dense = {"dense fp32": build_engine(model_config, task_spec, None, "fp32", Path(tmp) / "dense")}
+            if any(name.endswith("int8") for name in engines):
+                dense["dense int8"] = Path(tmp) / "dense" / "model_int8.onnx"
+                quantize_int8(dense["dense fp32"], dense["dense int8"])
+            paths = {**{k: str(v) for k, v in dense.items()}, **{k: str(v) for k, v in engines.items()}}
+            timings = timings_of(
+                paths, architecture, model_config.vocab_size, batch, seq_len, threads, provider, rounds
+            )
+    finally:
+        quiet.setLevel(level)
+    result: dict = {}
+    for name in engines:
+        precision = "int8" if name.endswith("int8") else "fp32"
+        ratio = speedup(timings[f"dense {precision}"], timings[name])
+        entry = {
+            "measured": round(ratio["median"], 4),
+            "range": [round(ratio["min"], 4), round(ratio["max"], 4)],
+        }
+        entry["ms"] = round(float(np.median(timings[name].best)) * 1000, 4)
+        entry["dense_ms"] = round(float(np.median(timings[f"dense {precision}"].best)) * 1000, 4)
+        if precision == "int8":
+            entry["against_dense_fp32"] = round(speedup(timings["dense fp32"], timings[name])["median"], 4)
+        result[name] = entry
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "threads": threads,
+        "provider": provider,
+        "rounds": rounds,
+        "against": "a dense engine of the same geometry and precision (random weights, exported alike), timed "
+        "interleaved in the same run",
+        "engines": result,
+    }

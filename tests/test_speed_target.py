@@ -1,0 +1,267 @@
+"""Speed targets: the latency model, the layout search under its budget, gradual pruning to the chosen layout,
+distillation from a --teacher, and the measured speed-up in the manifest (tiny models; no test asserts a time)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from conftest import FAST, run_cli
+from test_messages import last_error
+
+from dsee_deploy.checkpoint import PRUNING_FILE
+from dsee_deploy.cli.export import main as export
+from dsee_deploy.cli.prune import main as prune
+from dsee_deploy.cli.tune import main as tune
+from dsee_deploy.errors import DSEEError
+from dsee_deploy.latency import LatencyModel, cache_dir, latency_model
+from dsee_deploy.manifest import Manifest
+from dsee_deploy.pruning.search import search_layout
+
+
+def linear_model(layers=2, heads=3, ffn=4, head_ms=1.0, ffn_ms=0.5, fixed=2.0) -> LatencyModel:
+    """A latency model whose costs are given (as a measured one's would be), for the search alone."""
+    dense = fixed + layers * (heads * head_ms + ffn * ffn_ms)
+    return LatencyModel(
+        key={
+            "num_layers": layers,
+            "architecture": "bert",
+            "precision": "fp32",
+            "batch": 1,
+            "seq_len": 8,
+            "threads": 1,
+        },
+        dense_ms=dense,
+        head_grid=list(range(heads + 1)),
+        head_ms=[dense - layers * (heads - h) * head_ms for h in range(heads + 1)],
+        ffn_grid=list(range(ffn + 1)),
+        ffn_ms=[dense - layers * (ffn - f) * ffn_ms for f in range(ffn + 1)],
+    )
+
+
+@pytest.mark.parametrize("target", [1.2, 1.5, 2.0, 3.0, 4.5])
+def test_search_honours_the_predicted_budget_and_keeps_nearly_the_best_importance(target):
+    rng = np.random.default_rng(int(target * 10))
+    model = linear_model()
+    heads, ffn = rng.random((2, 3)), rng.random((2, 4))
+    layout, predicted = search_layout(heads, ffn, model, target)
+    kept = [len(e["kept_heads"]) for e in layout], [len(e["kept_ffn"]) for e in layout]
+    assert predicted >= target - 1e-9 and predicted == pytest.approx(model.speedup(*kept))
+    value = sum(heads[i, e["kept_heads"]].sum() + ffn[i, e["kept_ffn"]].sum() for i, e in enumerate(layout))
+    # Every layout of this small model, by brute force: the search is within 10 % of the best that fits.
+    best = 0.0
+    for h0, h1, f0, f1 in itertools.product(range(4), range(4), range(5), range(5)):
+        if model.speedup([h0, h1], [f0, f1]) >= target:
+            top = lambda s, k: np.sort(s)[::-1][:k].sum()  # noqa: E731
+            best = max(best, top(heads[0], h0) + top(heads[1], h1) + top(ffn[0], f0) + top(ffn[1], f1))
+    assert value >= 0.9 * best
+
+
+def test_an_unreachable_target_is_refused_with_the_best_reachable_speedup():
+    model = linear_model()  # nothing kept: 2 ms of 12 ms, at most 6x
+    with pytest.raises(DSEEError, match=r"cannot be reached.*ask for at most 6\.00"):
+        search_layout(np.ones((2, 3)), np.ones((2, 4)), model, 7.0)
+    layout, predicted = search_layout(np.ones((2, 3)), np.ones((2, 4)), model, 6.0)
+    assert all(not e["kept_heads"] and not e["kept_ffn"] for e in layout)  # layers may lose everything
+
+
+def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_bases, monkeypatch):
+    from transformers import AutoConfig
+
+    from dsee_deploy import latency
+    from dsee_deploy.tasks import get_task
+
+    config = AutoConfig.from_pretrained(tiny_bases["bert"])
+    config.num_labels = 2
+    task = get_task("classification")
+    grid = ([0, 2, 4], [0, 24, 48])
+    first = latency_model(config, task, "fp32", 1, 16, 1, grid=grid, log=lambda m: None)
+    assert first.head_grid == [0, 2, 4] and len(first.ffn_ms) == 3
+    assert first.head_ms == sorted(first.head_ms) and first.head_ms[-1] == first.dense_ms
+    assert (
+        first.key["threads"] == 1 and first.key["precision"] == "fp32" and first.key["cpu_flags"] is not None
+    )
+    assert len(list(cache_dir().glob("*.json"))) >= 1
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(latency, "measure", no_measuring)
+    assert (
+        latency_model(config, task, "fp32", 1, 16, 1, grid=grid, log=lambda m: None).to_dict()
+        == first.to_dict()
+    )
+    with pytest.raises(AssertionError, match="measured again"):  # another thread count is another model
+        latency_model(config, task, "fp32", 1, 16, 2, grid=grid, log=lambda m: None)
+
+
+@pytest.fixture
+def tuned(tiny_bases, sst_like, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    code, _, err = run_cli(
+        tune,
+        [
+            "--model",
+            tiny_bases["bert"],
+            "--train",
+            sst_like["train"],
+            "--eval",
+            sst_like["dev"],
+            "--output",
+            out,
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    return out
+
+
+def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_export_measures_it(
+    tuned, tmp_path, capsys
+):
+    out = tmp_path / "x2"
+    code, printed, err = run_cli(prune, [tuned, "--target-speedup", "1.5", "--output", out], capsys)
+    assert code == 0, err
+    record = json.loads((out / PRUNING_FILE).read_text())
+    target = record["target"]
+    assert target["speedup"] == 1.5 and target["predicted_speedup"] >= 1.5
+    assert target["latency_model"]["seq_len"] == 64 and target["latency_model"]["precision"] == "fp32"
+    assert "speed target 1.5x: predicted" in printed  # at 64 tokens: the tiny model has no more positions
+    # The prediction is of this layout: the cached latency model gives it again.
+    from transformers import AutoConfig
+
+    from dsee_deploy.latency import LatencyModel as LM
+
+    cached = [LM.from_dict(json.loads(p.read_text())) for p in cache_dir().glob("*.json")]
+    model = next(m for m in cached if m.key == target["latency_model"])
+    kept = [len(e["kept_heads"]) for e in record["layers"]], [len(e["kept_ffn"]) for e in record["layers"]]
+    assert model.speedup(*kept) == pytest.approx(target["predicted_speedup"], abs=1e-3)
+    assert AutoConfig  # the pruned checkpoint exports with the measured speed-up beside the target
+    engine = tmp_path / "engine"
+    code, printed, err = run_cli(export, [out, "--output", engine, "--quantize", "int8"], capsys)
+    assert code == 0, err
+    manifest = Manifest.read(engine)
+    timed = manifest.speedup
+    assert set(timed["engines"]) == {"onnx fp32", "onnx int8"} and timed["target"] == 1.5
+    assert all(e["measured"] > 0 and e["dense_ms"] > 0 for e in timed["engines"].values())
+    assert "measured speed-up against the dense engine" in printed and "target 1.5x, predicted" in printed
+
+
+def test_prune_refuses_an_unreachable_target_in_one_line(tuned, tmp_path, capsys):
+    code, _, err = run_cli(prune, [tuned, "--target-speedup", "1000", "--output", tmp_path / "x"], capsys)
+    assert code != 0 and "cannot be reached" in last_error(err) and "ask for at most" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_cli(
+        prune, [tuned, "--target-speedup", "2", "--prune-heads", "0.5", "--output", tmp_path / "y"], capsys
+    )
+    assert code != 0 and "drop --prune-heads" in err
+
+
+def test_gradual_pruning_to_a_target_with_a_teacher_ends_at_the_chosen_layout(
+    tuned, tiny_bases, sst_like, tmp_path, capsys
+):
+    teacher = tmp_path / "teacher"
+    code, _, err = run_cli(
+        tune,
+        [
+            "--model",
+            tiny_bases["bert"],
+            "--train",
+            sst_like["train"],
+            "--output",
+            teacher,
+            "--full-finetune",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    out = tmp_path / "x"
+    code, _, err = run_cli(
+        tune,
+        [
+            "--resume",
+            tuned,
+            "--train",
+            sst_like["train"],
+            "--eval",
+            sst_like["dev"],
+            "--epochs",
+            "0",
+            "--retune-epochs",
+            "1",
+            "--target-speedup",
+            "1.4",
+            "--teacher",
+            teacher,
+            "--output",
+            out,
+            *FAST,
+        ],
+        capsys,
+    )
+    # The cut at the end of the schedule is checked against the gated model (prune_model: 1e-4): a schedule that
+    # did not end at exactly the chosen layout fails the run there.
+    assert code == 0, err
+    assert "fade out over" in err
+    record = json.loads((out / PRUNING_FILE).read_text())
+    assert record["target"]["predicted_speedup"] >= 1.4
+    metrics = json.loads((out / "metrics.json").read_text())["pruning"]
+    assert metrics["schedule"] == "gradual" and metrics["distilled_from"] == str(teacher)
+
+
+def test_a_teacher_with_another_tokenizer_or_other_labels_is_refused_in_one_line(
+    tuned, tiny_bases, sst_like, tmp_path, capsys
+):
+    from conftest import sentences, write_tsv
+
+    from dsee_deploy.models import load_tokenizer
+
+    teacher = tmp_path / "teacher"
+    three = write_tsv(
+        tmp_path / "three.tsv", ["sentence", "label"], [(s, i % 3) for i, (s, _) in enumerate(sentences(40))]
+    )
+    code, _, err = run_cli(
+        tune,
+        ["--model", tiny_bases["bert"], "--train", three, "--output", teacher, "--full-finetune", *FAST],
+        capsys,
+    )
+    assert code == 0, err
+    args = [
+        "--resume",
+        tuned,
+        "--train",
+        sst_like["train"],
+        "--epochs",
+        "0",
+        "--target-speedup",
+        "1.3",
+        *FAST,
+    ]
+    code, _, err = run_cli(tune, [*args, "--teacher", teacher, "--output", tmp_path / "a"], capsys)
+    assert code != 0 and "labels ['0', '1', '2']" in last_error(err)
+    other = tmp_path / "other-vocab"
+    code, _, err = run_cli(
+        tune,
+        [
+            "--model",
+            tiny_bases["bert"],
+            "--train",
+            sst_like["train"],
+            "--output",
+            other,
+            "--full-finetune",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    tok = load_tokenizer(str(other))
+    tok.add_tokens(["zzzunseen"])
+    tok.save_pretrained(other)
+    code, _, err = run_cli(tune, [*args, "--teacher", other, "--output", tmp_path / "b"], capsys)
+    assert code != 0 and "another tokenizer" in last_error(err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
