@@ -3,16 +3,16 @@ costs on this machine, measured rather than counted in FLOPs (ZipLM's point: a l
 width at small widths, and the fixed costs grow in share as the model shrinks).
 
 It is built from engines of the model's own geometry with random weights (speed does not depend on their values),
-exported, fused and quantized as dsee-export does, and timed interleaved as dsee-bench does:
+exported, fused and quantized as dsee-export does, and timed interleaved as dsee-bench does: a table T(h, f) of
+the engines in which every layer keeps h heads and f FFN neurons, over a grid of both (zero included).
 
-- one series in which every layer keeps h heads (and all FFN neurons), h over a grid from 0 to all;
-- one series in which every layer keeps f FFN neurons (and all heads), f over a grid from 0 to all.
-
-A layer's attention and FFN run one after the other, so their costs add: the saving of keeping h heads in one
-layer is (series_h(h) - dense) / layers, and the same for f. A layout's latency is the dense latency plus the
-savings of every layer's attention and FFN. What stays (embeddings, norms, the task head, per-run overhead) is the
-latency of keeping nothing, the floor of every layout. Predictions are checked against exported engines by
-benchmarks/latency (acceptance: within 10 %).
+Such an engine costs the fixed part C (embeddings, norms, the task head, per-run overhead) plus L times one
+layer's cost c(h, f), so a layout whose layer i keeps (h_i, f_i) costs C + sum_i c(h_i, f_i) = the mean over its
+layers of T(h_i, f_i): the table predicts every layout without C being known. Between grid points T is
+interpolated bilinearly. A layer's cost is taken as a function of both counts, not a sum of an attention and an
+FFN cost: measured on MiniLM, the sum under-predicted the speed-up of layouts without heads by up to 15 %
+(benchmarks/latency). The floor of every layout is T(0, 0). Predictions are checked against exported engines
+by benchmarks/latency (acceptance: within 10 %).
 
 Measured once per machine, runtime, precision, batch, sequence length and threads, and cached as JSON under
 $DSEE_DEPLOY_CACHE (default ~/.cache/dsee-deploy)/latency.
@@ -25,44 +25,57 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DSEEError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: two one-dimensional series
 PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
 class LatencyModel:
     key: dict  # what it holds for: architecture, geometry, precision, batch, sequence, threads, machine, runtime
-    dense_ms: float
     head_grid: list[int]  # heads kept in every layer
-    head_ms: list[float]  # the engine's latency at each
     ffn_grid: list[int]  # FFN neurons kept in every layer
-    ffn_ms: list[float]
+    table_ms: list[list[float]]  # latency of the engine keeping (head_grid[i], ffn_grid[j]) in every layer
 
     def __post_init__(self) -> None:
         # Timing noise can make a wider layer look cheaper than a narrower one; a cost that falls as width grows
-        # would mislead the search, so each series is made non-decreasing (the running maximum from below).
-        # Both series end at the dense engine, measured once.
-        for name in ("head_ms", "ffn_ms"):
-            series = np.maximum.accumulate(np.asarray(getattr(self, name), dtype=float))
-            setattr(self, name, np.minimum(series, self.dense_ms).tolist())
+        # would mislead the search, so the table is made non-decreasing along both axes (running maxima).
+        table = np.asarray(self.table_ms, dtype=float)
+        table = np.maximum.accumulate(np.maximum.accumulate(table, axis=0), axis=1)
+        self.table_ms = table.tolist()
+        self._table = table
 
     @property
     def num_layers(self) -> int:
         return int(self.key["num_layers"])
 
-    def head_cost(self, kept: np.ndarray | int) -> np.ndarray:
-        """Latency (ms, negative: a saving) of one layer keeping `kept` heads, against all."""
-        return (np.interp(kept, self.head_grid, self.head_ms) - self.dense_ms) / self.num_layers
+    @property
+    def dense_ms(self) -> float:
+        return float(self._table[-1, -1])
 
-    def ffn_cost(self, kept: np.ndarray | int) -> np.ndarray:
-        return (np.interp(kept, self.ffn_grid, self.ffn_ms) - self.dense_ms) / self.num_layers
+    def uniform_ms(self, heads, ffn) -> np.ndarray:
+        """T(h, f), bilinear between grid points: the engine keeping `heads` and `ffn` in every layer
+        (broadcasting arrays)."""
+        h = np.clip(np.asarray(heads, dtype=float), self.head_grid[0], self.head_grid[-1])
+        f = np.clip(np.asarray(ffn, dtype=float), self.ffn_grid[0], self.ffn_grid[-1])
+        hg, fg = np.asarray(self.head_grid, dtype=float), np.asarray(self.ffn_grid, dtype=float)
+        i = np.clip(np.searchsorted(hg, h, side="right") - 1, 0, len(hg) - 2)
+        j = np.clip(np.searchsorted(fg, f, side="right") - 1, 0, len(fg) - 2)
+        u = (h - hg[i]) / (hg[i + 1] - hg[i])
+        v = (f - fg[j]) / (fg[j + 1] - fg[j])
+        t = self._table
+        return (
+            (1 - u) * (1 - v) * t[i, j]
+            + u * (1 - v) * t[i + 1, j]
+            + (1 - u) * v * t[i, j + 1]
+            + u * v * t[i + 1, j + 1]
+        )
 
     def predict_ms(self, heads: list[int], ffn: list[int]) -> float:
         """Predicted latency of an engine keeping heads[i] heads and ffn[i] FFN neurons in layer i."""
@@ -70,17 +83,14 @@ class LatencyModel:
             raise DSEEError(
                 f"a layout of {len(heads)} layers does not fit this latency model of {self.num_layers} layers"
             )
-        return float(
-            self.dense_ms + self.head_cost(np.asarray(heads)).sum() + self.ffn_cost(np.asarray(ffn)).sum()
-        )
+        return float(self.uniform_ms(heads, ffn).mean())
 
     def speedup(self, heads: list[int], ffn: list[int]) -> float:
         return self.dense_ms / self.predict_ms(heads, ffn)
 
     def floor_ms(self, min_heads: int = 0, min_ffn: int = 0) -> float:
         """The fastest layout's latency: every layer keeping only what it must."""
-        n = self.num_layers
-        return self.predict_ms([min_heads] * n, [min_ffn] * n)
+        return float(self.uniform_ms(min_heads, min_ffn))
 
     def summary(self) -> str:
         k = self.key
@@ -91,7 +101,13 @@ class LatencyModel:
         )
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
+        return {
+            "format_version": FORMAT_VERSION,
+            "key": self.key,
+            "head_grid": self.head_grid,
+            "ffn_grid": self.ffn_grid,
+            "table_ms": self.table_ms,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyModel:
@@ -168,20 +184,14 @@ def latency_model(
             pass  # unreadable or of another format: measured again below
     heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
     log(
-        f"measuring the latency of {len(heads_grid) + len(ffn_grid) - 1} {precision} engines of this geometry "
+        f"measuring the latency of {len(heads_grid) * len(ffn_grid)} {precision} engines of this geometry "
         f"on this machine (batch {batch}, sequence {seq_len}, {threads} threads); cached in {path.parent}"
     )
     measured = measure(
         model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
     )
-    n_heads, width = key["num_heads"], key["ffn_width"]
     model = LatencyModel(
-        key,
-        measured[(n_heads, width)],
-        list(heads_grid),
-        [measured[(h, width)] for h in heads_grid],
-        list(ffn_grid),
-        [measured[(n_heads, f)] for f in ffn_grid],
+        key, list(heads_grid), list(ffn_grid), [[measured[(h, f)] for f in ffn_grid] for h in heads_grid]
     )
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,13 +310,8 @@ def timings_of(
 def measure(
     model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
 ) -> dict:
-    """Latency (ms) of the uniform layouts (h heads, f neurons in every layer) of both series."""
-
-    from .architectures import get_spec
-
-    spec = get_spec(model_config.model_type)
-    n_heads, width = spec.num_heads(model_config), spec.ffn_width(model_config)
-    shapes = sorted({(h, width) for h in heads_grid} | {(n_heads, f) for f in ffn_grid})
+    """Latency (ms) of the uniform layouts (h heads and f neurons in every layer) of the grid."""
+    shapes = [(h, f) for h in heads_grid for f in ffn_grid]
     quiet = logging.getLogger("optimum")  # it warns about the opset on every one of these exports
     level, _ = quiet.level, quiet.setLevel(logging.ERROR)
     try:

@@ -22,8 +22,8 @@ from dsee_deploy.pruning.search import search_layout
 
 
 def linear_model(layers=2, heads=3, ffn=4, head_ms=1.0, ffn_ms=0.5, fixed=2.0) -> LatencyModel:
-    """A latency model whose costs are given (as a measured one's would be), for the search alone."""
-    dense = fixed + layers * (heads * head_ms + ffn * ffn_ms)
+    """A latency model whose costs are given (as a measured one's would be), for the search alone: the engine
+    keeping h heads and f neurons in every layer takes fixed + layers * (h * head_ms + f * ffn_ms)."""
     return LatencyModel(
         key={
             "num_layers": layers,
@@ -33,11 +33,11 @@ def linear_model(layers=2, heads=3, ffn=4, head_ms=1.0, ffn_ms=0.5, fixed=2.0) -
             "seq_len": 8,
             "threads": 1,
         },
-        dense_ms=dense,
         head_grid=list(range(heads + 1)),
-        head_ms=[dense - layers * (heads - h) * head_ms for h in range(heads + 1)],
         ffn_grid=list(range(ffn + 1)),
-        ffn_ms=[dense - layers * (ffn - f) * ffn_ms for f in range(ffn + 1)],
+        table_ms=[
+            [fixed + layers * (h * head_ms + f * ffn_ms) for f in range(ffn + 1)] for h in range(heads + 1)
+        ],
     )
 
 
@@ -78,8 +78,10 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
     task = get_task("classification")
     grid = ([0, 2, 4], [0, 24, 48])
     first = latency_model(config, task, "fp32", 1, 16, 1, grid=grid, log=lambda m: None)
-    assert first.head_grid == [0, 2, 4] and len(first.ffn_ms) == 3
-    assert first.head_ms == sorted(first.head_ms) and first.head_ms[-1] == first.dense_ms
+    assert first.head_grid == [0, 2, 4] and np.asarray(first.table_ms).shape == (3, 3)
+    table = np.asarray(first.table_ms)  # made non-decreasing in both counts; the dense engine is the corner
+    assert (np.diff(table, axis=0) >= 0).all() and (np.diff(table, axis=1) >= 0).all()
+    assert first.dense_ms == table.max() and first.floor_ms() == table.min()
     assert (
         first.key["threads"] == 1 and first.key["precision"] == "fp32" and first.key["cpu_flags"] is not None
     )

@@ -1,34 +1,18 @@
 """Layout search under a latency budget: how many heads and FFN neurons each layer keeps, chosen together across
 layers, to keep the most importance for the predicted latency (a layer may lose everything).
 
-Each layer's attention and FFN is one choice of how many units to keep; within it the highest-scoring units
-are the ones kept, so its value is a prefix sum of its sorted scores and its cost the latency model's. That is
-a multiple-choice knapsack; a Lagrangian relaxation solves it (for a price per millisecond, every choice is
-made alone; the price is bisected until the layout fits), then the time left under the budget is spent greedily
-on the additions worth the most importance per millisecond."""
+Within a layer the highest-scoring heads and neurons are the ones kept, so keeping (h, f) is worth the prefix
+sums of its sorted head and neuron scores, and costs the latency model's share of that layer. Choosing one (h, f)
+per layer under a total is a multiple-choice knapsack; a Lagrangian relaxation solves it (for a price per
+millisecond every layer chooses alone; the price is bisected until the layout fits), then the time left under
+the budget is spent greedily on the additions worth the most importance per millisecond."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DSEEError
 from ..latency import LatencyModel
-
-
-@dataclass
-class Choice:
-    """One layer's attention or FFN: keep k of its units, k in `ks`, for value[k] at cost[k] (ms, a saving)."""
-
-    order: np.ndarray  # unit indices, best first
-    value: np.ndarray  # importance kept with the k best units, k = 0..N
-    cost: np.ndarray  # latency against dense with k units kept
-    low: int  # the fewest it may keep
-
-    def best(self, price: float) -> int:
-        gain = self.value[self.low :] - price * self.cost[self.low :]
-        return self.low + int(np.argmax(gain))
 
 
 def search_layout(
@@ -43,69 +27,84 @@ def search_layout(
     dense that keeps the most importance, and its predicted speed-up. Scores are (layers, units) arrays, higher
     is more important. An unreachable target is refused with the best reachable speed-up."""
     heads, ffn = np.asarray(head_scores, dtype=float), np.asarray(ffn_scores, dtype=float)
+    layers, n_heads = heads.shape
+    width = ffn.shape[1]
+    min_heads, min_ffn = min(min_heads, n_heads), min(min_ffn, width)
     budget = model.dense_ms / target  # ms
     floor = model.floor_ms(min_heads, min_ffn)
-    if floor > budget:
+    if floor > budget * (1 + 1e-9):
+        least = "nothing" if not (min_heads or min_ffn) else "only --min-heads / --min-ffn"
         raise DSEEError(
-            f"--target-speedup {target:g} cannot be reached: even keeping "
-            f"{'nothing' if not (min_heads or min_ffn) else 'only --min-heads / --min-ffn'} in every layer, the "
-            f"engine is predicted {model.dense_ms / floor:.2f}x faster than dense ({model.summary()}): ask for at "
-            f"most {model.dense_ms / floor:.2f}"
+            f"--target-speedup {target:g} cannot be reached: even keeping {least} in every layer, the engine is "
+            f"predicted {model.dense_ms / floor:.2f}x faster than dense ({model.summary()}): ask for at most "
+            f"{model.dense_ms / floor:.2f}"
         )
-    choices = []
-    for layer in range(heads.shape[0]):
-        for scores, cost, low in (
-            (heads[layer], model.head_cost, min_heads),
-            (ffn[layer], model.ffn_cost, min_ffn),
-        ):
-            order = np.argsort(-scores, kind="stable")
-            value = np.concatenate([[0.0], np.cumsum(np.clip(scores[order], 0, None))])
-            choices.append(Choice(order, value, cost(np.arange(len(scores) + 1)), min(low, len(scores))))
+    # cost[h, f]: a layer's share of the latency when it keeps h heads and f neurons (the mean over layers of
+    # the uniform engines' latency is the prediction, so each layer adds T(h, f) / layers).
+    cost = model.uniform_ms(np.arange(n_heads + 1)[:, None], np.arange(width + 1)[None, :]) / layers
+    allowed = np.zeros_like(cost, dtype=bool)
+    allowed[min_heads:, min_ffn:] = True
+    orders, values = [], []
+    for layer in range(layers):
+        h_order = np.argsort(-heads[layer], kind="stable")
+        f_order = np.argsort(-ffn[layer], kind="stable")
+        h_value = np.concatenate([[0.0], np.cumsum(np.clip(heads[layer][h_order], 0, None))])
+        f_value = np.concatenate([[0.0], np.cumsum(np.clip(ffn[layer][f_order], 0, None))])
+        orders.append((h_order, f_order))
+        values.append(h_value[:, None] + f_value[None, :])
 
-    def latency(ks: list[int]) -> float:
-        return model.dense_ms + sum(c.cost[k] for c, k in zip(choices, ks, strict=True))
+    def choose(price: float) -> list[tuple[int, int]]:
+        picks = []
+        for value in values:
+            gain = np.where(allowed, value - price * cost, -np.inf)
+            picks.append(np.unravel_index(int(np.argmax(gain)), gain.shape))
+        return [(int(h), int(f)) for h, f in picks]
 
-    # The price of a millisecond: 0 keeps everything; a price above `high` keeps only the minimum.
-    low_price, high_price = 0.0, 1.0
-    while latency([c.best(high_price) for c in choices]) > budget:
-        high_price *= 4
-        if high_price > 1e30:
-            break
-    for _ in range(100):
-        mid = (low_price + high_price) / 2
-        if latency([c.best(mid) for c in choices]) > budget:
-            low_price = mid
+    def latency(picks) -> float:
+        return float(sum(cost[h, f] for h, f in picks))
+
+    low, high = 0.0, 1.0  # price of a millisecond: 0 keeps everything; high enough keeps only the minimum
+    while latency(choose(high)) > budget and high < 1e30:
+        high *= 4
+    for _ in range(60):
+        mid = (low + high) / 2
+        if latency(choose(mid)) > budget:
+            low = mid
         else:
-            high_price = mid
-    ks = [c.best(high_price) for c in choices]
-    if latency(ks) > budget:  # the minimum itself (checked above against the floor, so this cannot happen)
-        ks = [c.low for c in choices]
-    ks = _fill(choices, ks, budget - latency(ks))
+            high = mid
+    picks = choose(high)
+    if latency(picks) > budget:
+        picks = [(min_heads, min_ffn)] * layers
+    picks = _fill(values, cost, picks, budget - latency(picks))
     layout = [
         {
-            "kept_heads": sorted(int(i) for i in choices[2 * layer].order[: ks[2 * layer]]),
-            "kept_ffn": sorted(int(i) for i in choices[2 * layer + 1].order[: ks[2 * layer + 1]]),
+            "kept_heads": sorted(int(i) for i in orders[layer][0][:h]),
+            "kept_ffn": sorted(int(i) for i in orders[layer][1][:f]),
         }
-        for layer in range(heads.shape[0])
+        for layer, (h, f) in enumerate(picks)
     ]
-    kept = [[len(e["kept_heads"]) for e in layout], [len(e["kept_ffn"]) for e in layout]]
-    return layout, model.speedup(*kept)
+    return layout, model.speedup([h for h, _ in picks], [f for _, f in picks])
 
 
-def _fill(choices: list[Choice], ks: list[int], left: float) -> list[int]:
-    """Spend the `left` ms under the budget on one more unit at a time, the most importance per ms first."""
-    ks = list(ks)
-    while True:
-        best, best_ratio = None, -1.0
-        for i, (c, k) in enumerate(zip(choices, ks, strict=True)):
-            if k + 1 >= len(c.value):
-                continue
-            extra = c.cost[k + 1] - c.cost[k]
-            if extra <= left + 1e-12:
-                ratio = (c.value[k + 1] - c.value[k]) / max(extra, 1e-12)
-                if ratio > best_ratio:
-                    best, best_ratio = i, ratio
-        if best is None:
-            return ks
-        left -= choices[best].cost[ks[best] + 1] - choices[best].cost[ks[best]]
-        ks[best] += 1
+def _fill(values, cost, picks, left: float, step: int = 8) -> list[tuple[int, int]]:
+    """Spend the `left` ms under the budget on more heads or neurons in one layer at a time, the most importance
+    per ms first (neurons `step` at a time, then one at a time for what is left)."""
+    picks = list(picks)
+    for size in (step, 1):
+        while True:
+            best, best_ratio = None, -1.0
+            for i, (h, f) in enumerate(picks):
+                for nh, nf in ((h + 1, f), (h, f + size)):
+                    if nh >= cost.shape[0] or nf >= cost.shape[1]:
+                        continue
+                    extra = cost[nh, nf] - cost[h, f]
+                    if extra <= left + 1e-12:
+                        ratio = (values[i][nh, nf] - values[i][h, f]) / max(extra, 1e-12)
+                        if ratio > best_ratio:
+                            best, best_ratio = (i, nh, nf, extra), ratio
+            if best is None:
+                break
+            i, nh, nf, extra = best
+            picks[i] = (nh, nf)
+            left -= extra
+    return picks
