@@ -106,6 +106,7 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {bound} |"
             )
     lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
+    lines += _targets(results)
     if "profile" in results:
         prof = results["profile"]
         lines += [
@@ -128,6 +129,47 @@ def _precision(results: dict, name: str) -> str:
 
 def _compact(values: list[int]) -> str:
     return f"{values[0]} x {len(values)}" if len(set(values)) == 1 else ", ".join(map(str, values))
+
+
+def _frontier_shape(results: dict) -> tuple[int, int] | None:
+    """The shape the frontier is drawn at: the smallest batch, at its longest sequence."""
+    ups = [s for s in results["speedups"] if s["baseline"] == results["primary_baseline"]]
+    if not ups:
+        return None
+    smallest = min(s["batch"] for s in ups)
+    return smallest, max(s["seq"] for s in ups if s["batch"] == smallest)
+
+
+def _targets(results: dict) -> list[str]:
+    """The variants pruned to a speed target: the target, the latency model's prediction, the speed-up measured
+    here against the primary baseline and the task accuracy."""
+    targeted = [v for v in results["variants"] if v.get("target")]
+    shape = _frontier_shape(results)
+    if not targeted or shape is None:
+        return []
+    primary = results["primary_baseline"]
+    accuracy = results.get("accuracy", {})
+    lines = [
+        f"## Speed targets (batch {shape[0]}, sequence {shape[1]}, against {primary})",
+        "",
+        "| variant | precision | target | predicted | measured | accuracy |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for v in targeted:
+        up = next(
+            (
+                s["median"]
+                for s in results["speedups"]
+                if (s["variant"], s["baseline"], s["batch"], s["seq"]) == (v["name"], primary, *shape)
+            ),
+            None,
+        )
+        acc = accuracy_of(accuracy.get(v["name"], {}))
+        lines.append(
+            f"| {v['name']} | {v['precision']} | {v['target']:g}x | {v['predicted']:.2f}x (fp32 model) | "
+            f"{'' if up is None else f'{up:.2f}x'} | {'' if acc is None else f'{acc:.2f} %'} |"
+        )
+    return [*lines, ""]
 
 
 def write_plots(results: dict, out: Path) -> list[str]:
@@ -178,19 +220,48 @@ def write_plots(results: dict, out: Path) -> list[str]:
     written.append("speedup_vs_flops.png")
 
     accuracy = results.get("accuracy", {})
-    if any(accuracy_of(a) is not None for a in accuracy.values()):
-        shape = max((s["batch"], s["seq"]) for s in ups if s["batch"] == min(x["batch"] for x in ups))
-        fig, ax = plt.subplots(figsize=(5, 4))
+    shape = _frontier_shape(results)
+    if shape and any(accuracy_of(a) is not None for a in accuracy.values()):
+        # The frontier: accuracy against the speed-up measured here; engines pruned to a speed target joined
+        # by a line per precision, every other variant (full fine-tuning, unpruned DSEE, ratio-pruned) a point.
+        variants = {v["name"]: v for v in results["variants"]}
+        points = {}
         for name, acc in accuracy.items():
-            if accuracy_of(acc) is None:
+            if accuracy_of(acc) is None or name not in variants:
                 continue
-            up = next(
-                (s["median"] for s in ups if s["variant"] == name and (s["batch"], s["seq"]) == shape), None
+            up = (
+                1.0
+                if name == primary
+                else next(
+                    (s["median"] for s in ups if s["variant"] == name and (s["batch"], s["seq"]) == shape),
+                    None,
+                )
             )
             if up is not None:
-                ax.scatter(up, accuracy_of(acc))
-                ax.annotate(name, (up, accuracy_of(acc)), fontsize=7)
-        ax.set(xlabel=f"speed-up vs {primary} (batch {shape[0]}, seq {shape[1]})", ylabel="accuracy (%)")
+                points[name] = (up, accuracy_of(acc))
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for precision, marker in (("fp32", "o"), ("int8", "^"), ("fp16", "s")):
+            line = sorted(
+                p
+                for n, p in points.items()
+                if variants[n].get("target") and variants[n]["precision"] == precision
+            )
+            if line:
+                ax.plot(*zip(*line, strict=True), marker=marker, label=f"speed targets, {precision}")
+        for name, (up, acc) in points.items():
+            if not variants[name].get("target"):
+                ax.scatter(
+                    up, acc, marker="^" if variants[name]["precision"] == "int8" else "o", color="gray"
+                )
+            ax.annotate(name, (up, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(
+            xlabel=f"measured speed-up vs {primary} (batch {shape[0]}, sequence {shape[1]})",
+            ylabel="accuracy (%)",
+            title="accuracy against measured speed-up",
+        )
+        ax.grid(True, alpha=0.3)
+        if any(v.get("target") for v in variants.values()):
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_speedup.png", dpi=120)
         written.append("accuracy_vs_speedup.png")
