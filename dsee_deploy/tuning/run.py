@@ -287,10 +287,12 @@ class Session:
         finish(self.work)
         return self.save(out, metrics, sources)
 
-    def train(self, epochs: float, distill=None, evaluate: bool = True, callbacks=None) -> None:
+    def train(
+        self, epochs: float, distill=None, evaluate: bool = True, callbacks=None, max_steps: int | None = None
+    ) -> None:
         from ..training import build_trainer
 
-        c = self.config
+        c = self.config if max_steps is None else replace(self.config, max_steps=max_steps)
         trainer = build_trainer(
             self.run.model,
             self.run.tokenizer,
@@ -344,10 +346,13 @@ class Session:
             gradual = False  # prune_model refuses it, with the reason
         layout = planned = None
         fade = 0.0
+        # A step budget (--max-steps) is shared the same way as epochs: the fade takes its --prune-warmup part.
+        fade_steps = max(1, round(config.max_steps * config.prune_warmup)) if config.max_steps > 0 else None
+        final_steps = max(1, config.max_steps - (fade_steps or 0)) if config.max_steps > 0 else None
         if gradual:
             layout, planned = choose_layout(run.model, prune, batches, log=_log)
             fade = retune * config.prune_warmup
-            self.fade_out(layout, fade, self.distillation(teacher, layout))
+            self.fade_out(layout, fade, self.distillation(teacher, layout), fade_steps)
         run.pruning, new_masks = prune_model(
             run.model,
             prune,
@@ -368,7 +373,8 @@ class Session:
                 k: v for k, v in self.evaluate("test", self.test_ds).items() if k.startswith("test_")
             }
         if retune - fade > 0:
-            self.train(retune - fade, self.distillation(teacher, run.pruning["layers"]))
+            distill = self.distillation(teacher, run.pruning["layers"])
+            self.train(retune - fade, distill, max_steps=final_steps if gradual else None)
         metrics["pruning"] = {
             "flops_ratio": run.pruning["flops"]["encoder_ratio"],
             **run.pruning["parameters"],
@@ -397,7 +403,7 @@ class Session:
         mapping = layer_map(kept, spec.num_layers(teacher.config)) if same_width else []
         return Distillation(teacher, c.distill_alpha, c.distill_temperature, c.distill_hidden, mapping)
 
-    def fade_out(self, layout: list[dict], epochs: float, distill) -> None:
+    def fade_out(self, layout: list[dict], epochs: float, distill, max_steps: int | None = None) -> None:
         """Gradual pruning: train for `epochs` while the heads and FFN neurons `layout` drops are scaled by a
         factor that falls from 1 to exactly 0 on a cubic schedule (most of the removal early, while the learning
         rate is high: Zhu & Gupta 2017, as movement pruning and CoFi schedule sparsity). Ends with the model equal
@@ -437,7 +443,7 @@ class Session:
         )
         with gated(model, heads, ffn, spec):
             # No evaluation here: a checkpoint from the middle of the schedule is not one of the final layout.
-            self.train(epochs, distill, evaluate=False, callbacks=[Schedule()])
+            self.train(epochs, distill, evaluate=False, callbacks=[Schedule()], max_steps=max_steps)
         at(1.0)
 
     def summary(self) -> dict:
