@@ -123,11 +123,11 @@ class TuneConfig:
             "group": "re-tuning after pruning",
         },
     )
-    distill: bool = field(
-        default=False,
+    distill: bool | None = field(
+        default=None,
         metadata={
-            "help": "Re-tune with distillation from the unpruned model (on by default with --target-speedup or "
-            "--teacher).",
+            "help": "Re-tune with distillation from the unpruned model (default: on with --target-speedup or "
+            "--teacher, off otherwise).",
             "group": "re-tuning after pruning",
         },
     )
@@ -177,6 +177,8 @@ class TuneConfig:
             )
         if not 0 < self.prune_warmup < 1:
             raise ConfigError(f"--prune-warmup must be in (0, 1), got {self.prune_warmup}")
+        if self.teacher and self.distill is False:
+            raise ConfigError("--teacher is what distillation learns from: drop --no-distill or --teacher")
         if self.distill_hidden < 0 or not 0 <= self.distill_alpha <= 1:
             raise ConfigError("--distill-hidden must be >= 0 and --distill-alpha in [0, 1]")
         if not 0 <= self.warmup_ratio < 1:

@@ -333,7 +333,9 @@ class Session:
             if self.test_ds is not None:
                 before.update(self.evaluate("test", self.test_ds))
             metrics["before_pruning"] = before
-        distilling = config.distill or config.teacher or prune.target_speedup
+        distilling = (
+            config.distill if config.distill is not None else bool(config.teacher or prune.target_speedup)
+        )
         teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
         batches = None
         if prune.structured and prune.structured_importance() == "taylor":
