@@ -150,6 +150,36 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert set(timed["engines"]) == {"onnx fp32", "onnx int8"} and timed["target"] == 1.5
     assert all(e["measured"] > 0 and e["dense_ms"] > 0 for e in timed["engines"].values())
     assert "measured speed-up against the dense engine" in printed and "target 1.5x, predicted" in printed
+    # dsee-bench puts it on the frontier: the target beside the speed-up it measures, and the plot.
+    from dsee_deploy.cli.bench import main as bench
+
+    dense = tmp_path / "dense"
+    assert run_cli(export, [tuned, "--output", dense], capsys)[0] == 0
+    results = tmp_path / "bench"
+    code, _, err = run_cli(
+        bench,
+        [
+            "--engine",
+            f"x={engine}",
+            "--baseline",
+            f"dense={dense}",
+            "--batch-sizes",
+            "1",
+            "--seq-lens",
+            "16",
+            "--rounds",
+            "3",
+            "--output",
+            results,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = (results / "report.md").read_text()
+    assert "## Speed targets (batch 1, sequence 16, against dense)" in report
+    assert "| x | int8 | 1.5x |" in report
+    data = json.loads((results / "results.json").read_text())
+    assert next(v for v in data["variants"] if v["name"] == "x")["target"] == 1.5
 
 
 def test_prune_refuses_an_unreachable_target_in_one_line(tuned, tmp_path, capsys):

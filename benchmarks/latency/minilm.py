@@ -47,9 +47,9 @@ def main() -> int:
     rng = np.random.default_rng(0)
     layouts = {}
     for target in (2.0, 3.0, 5.0):
-        layout, _ = search_layout(
-            rng.random((n_layers, n_heads)), rng.random((n_layers, width)), model, target
-        )
+        # random scores, each kind scaled to a total of 1 as dsee-prune scales taylor scores
+        heads, ffn = rng.random((n_layers, n_heads)), rng.random((n_layers, width))
+        layout, _ = search_layout(heads / heads.sum(), ffn / ffn.sum(), model, target)
         layouts[f"search {target:g}x"] = layout
     while len(layouts) < a.layouts:
         heads = rng.integers(0, n_heads + 1, n_layers)
