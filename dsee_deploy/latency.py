@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,18 @@ def latency_model(
     return model
 
 
+@contextmanager
+def _quiet_optimum():
+    """optimum warns about the opset on every export; these exports are ours, and many."""
+    quiet = logging.getLogger("optimum")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def fitting_length(model_config, seq_len: int) -> int:
     """`seq_len`, or the model's longest input where that is shorter (a speed target at 128 tokens of a model
     with 64 positions is one at 64)."""
@@ -312,12 +325,8 @@ def measure(
 ) -> dict:
     """Latency (ms) of the uniform layouts (h heads and f neurons in every layer) of the grid."""
     shapes = [(h, f) for h in heads_grid for f in ffn_grid]
-    quiet = logging.getLogger("optimum")  # it warns about the opset on every one of these exports
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
-    try:
+    with _quiet_optimum():
         return _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes)
-    finally:
-        quiet.setLevel(level)
 
 
 def _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes) -> dict:
@@ -360,20 +369,15 @@ def measured_speedup(
     threads = threads or os.cpu_count() or 1
     seq_len = fitting_length(model_config, seq_len)
     architecture = model_config.model_type
-    quiet = logging.getLogger("optimum")
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dsee-speedup-") as tmp:
-            dense = {"dense fp32": build_engine(model_config, task_spec, None, "fp32", Path(tmp) / "dense")}
-            if any(name.endswith("int8") for name in engines):
-                dense["dense int8"] = Path(tmp) / "dense" / "model_int8.onnx"
-                quantize_int8(dense["dense fp32"], dense["dense int8"])
-            paths = {**{k: str(v) for k, v in dense.items()}, **{k: str(v) for k, v in engines.items()}}
-            timings = timings_of(
-                paths, architecture, model_config.vocab_size, batch, seq_len, threads, provider, rounds
-            )
-    finally:
-        quiet.setLevel(level)
+    with _quiet_optimum(), tempfile.TemporaryDirectory(prefix="dsee-speedup-") as tmp:
+        dense = {"dense fp32": build_engine(model_config, task_spec, None, "fp32", Path(tmp) / "dense")}
+        if any(name.endswith("int8") for name in engines):
+            dense["dense int8"] = Path(tmp) / "dense" / "model_int8.onnx"
+            quantize_int8(dense["dense fp32"], dense["dense int8"])
+        paths = {**{k: str(v) for k, v in dense.items()}, **{k: str(v) for k, v in engines.items()}}
+        timings = timings_of(
+            paths, architecture, model_config.vocab_size, batch, seq_len, threads, provider, rounds
+        )
     result: dict = {}
     for name in engines:
         precision = "int8" if name.endswith("int8") else "fp32"

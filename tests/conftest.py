@@ -332,3 +332,28 @@ def latency_cache(tmp_path_factory):
         os.environ.pop("DSEE_DEPLOY_CACHE", None)
     else:
         os.environ["DSEE_DEPLOY_CACHE"] = previous
+
+
+@pytest.fixture
+def tuned(tiny_bases, sst_like, tmp_path, capsys):
+    """A tiny BERT tuned with DSEE for a few steps (what the pruning tests start from)."""
+    from dsee_deploy.cli.tune import main as tune
+
+    out = tmp_path / "tuned"
+    code, _, err = run_cli(
+        tune,
+        [
+            "--model",
+            tiny_bases["bert"],
+            "--train",
+            sst_like["train"],
+            "--eval",
+            sst_like["dev"],
+            "--output",
+            out,
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    return out

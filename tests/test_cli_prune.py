@@ -15,28 +15,6 @@ from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.pruning import save_masks
 
 
-@pytest.fixture
-def tuned(tiny_bases, sst_like, tmp_path, capsys):
-    out = tmp_path / "tuned"
-    code, _, err = run_cli(
-        tune,
-        [
-            "--model",
-            tiny_bases["bert"],
-            "--train",
-            sst_like["train"],
-            "--eval",
-            sst_like["dev"],
-            "--output",
-            out,
-            *FAST,
-        ],
-        capsys,
-    )
-    assert code == 0, err
-    return out
-
-
 def test_tune_prune_retune_in_one_command_with_distillation(tiny_bases, sst_like, tmp_path, capsys):
     out = tmp_path / "s2"
     code, _, err = run_cli(

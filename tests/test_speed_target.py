@@ -99,23 +99,10 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
         latency_model(config, task, "fp32", 1, 16, 2, grid=grid, log=lambda m: None)
 
 
-@pytest.fixture
-def tuned(tiny_bases, sst_like, tmp_path, capsys):
-    out = tmp_path / "tuned"
+def full_finetune(base, train, out, capsys):
+    """A full fine-tuning output of `base` on `train` (a --teacher candidate)."""
     code, _, err = run_cli(
-        tune,
-        [
-            "--model",
-            tiny_bases["bert"],
-            "--train",
-            sst_like["train"],
-            "--eval",
-            sst_like["dev"],
-            "--output",
-            out,
-            *FAST,
-        ],
-        capsys,
+        tune, ["--model", base, "--train", train, "--output", out, "--full-finetune", *FAST], capsys
     )
     assert code == 0, err
     return out
@@ -195,22 +182,7 @@ def test_prune_refuses_an_unreachable_target_in_one_line(tuned, tmp_path, capsys
 def test_gradual_pruning_to_a_target_with_a_teacher_ends_at_the_chosen_layout(
     tuned, tiny_bases, sst_like, tmp_path, capsys
 ):
-    teacher = tmp_path / "teacher"
-    code, _, err = run_cli(
-        tune,
-        [
-            "--model",
-            tiny_bases["bert"],
-            "--train",
-            sst_like["train"],
-            "--output",
-            teacher,
-            "--full-finetune",
-            *FAST,
-        ],
-        capsys,
-    )
-    assert code == 0, err
+    teacher = full_finetune(tiny_bases["bert"], sst_like["train"], tmp_path / "teacher", capsys)
     out = tmp_path / "x"
     code, _, err = run_cli(
         tune,
@@ -256,12 +228,7 @@ def test_a_teacher_with_another_tokenizer_or_other_labels_is_refused_in_one_line
     three = write_tsv(
         tmp_path / "three.tsv", ["sentence", "label"], [(s, i % 3) for i, (s, _) in enumerate(sentences(40))]
     )
-    code, _, err = run_cli(
-        tune,
-        ["--model", tiny_bases["bert"], "--train", three, "--output", teacher, "--full-finetune", *FAST],
-        capsys,
-    )
-    assert code == 0, err
+    full_finetune(tiny_bases["bert"], three, teacher, capsys)
     args = [
         "--resume",
         tuned,
@@ -276,21 +243,7 @@ def test_a_teacher_with_another_tokenizer_or_other_labels_is_refused_in_one_line
     code, _, err = run_cli(tune, [*args, "--teacher", teacher, "--output", tmp_path / "a"], capsys)
     assert code != 0 and "labels ['0', '1', '2']" in last_error(err)
     other = tmp_path / "other-vocab"
-    code, _, err = run_cli(
-        tune,
-        [
-            "--model",
-            tiny_bases["bert"],
-            "--train",
-            sst_like["train"],
-            "--output",
-            other,
-            "--full-finetune",
-            *FAST,
-        ],
-        capsys,
-    )
-    assert code == 0, err
+    full_finetune(tiny_bases["bert"], sst_like["train"], other, capsys)
     tok = load_tokenizer(str(other))
     tok.add_tokens(["zzzunseen"])
     tok.save_pretrained(other)
