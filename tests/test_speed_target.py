@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST, run_cli
 from test_messages import last_error
 
-from dsee_deploy.checkpoint import PRUNING_FILE
+from dsee_deploy.checkpoint import ADAPTER_FILE, PRUNING_FILE
 from dsee_deploy.cli.export import main as export
 from dsee_deploy.cli.prune import main as prune
 from dsee_deploy.cli.tune import main as tune
@@ -250,3 +250,35 @@ def test_a_teacher_with_another_tokenizer_or_other_labels_is_refused_in_one_line
     code, _, err = run_cli(tune, [*args, "--teacher", other, "--output", tmp_path / "b"], capsys)
     assert code != 0 and "another tokenizer" in last_error(err)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_teacher_also_teaches_the_tuning_epochs_without_pruning(tiny_bases, sst_like, tmp_path, capsys):
+    """With --teacher and no pruning, tuning learns from the teacher: at --distill-alpha 1 and no hidden-state
+    term the labels play no part, so tuning on flipped labels gives the same weights; without it they differ."""
+    from conftest import write_tsv
+    from safetensors.numpy import load_file
+
+    from dsee_deploy.data import read_table
+
+    teacher = full_finetune(tiny_bases["bert"], sst_like["train"], tmp_path / "teacher", capsys)
+    rows = read_table(str(sst_like["train"]), "--train", "train")
+    flipped = write_tsv(
+        tmp_path / "flipped.tsv",
+        ["sentence", "label"],
+        [(s, 1 - y) for s, y in zip(rows["sentence"], rows["label"])],
+    )
+
+    def tune_on(train, out, *extra):
+        args = ["--model", tiny_bases["bert"], "--train", train, "--eval", sst_like["dev"], "--output", out]
+        code, _, err = run_cli(tune, [*args, *extra, *FAST], capsys)
+        assert code == 0, err
+        return load_file(str(out / ADAPTER_FILE))
+
+    taught = ["--teacher", teacher, "--distill-alpha", "1", "--distill-hidden", "0"]
+    a = tune_on(sst_like["train"], tmp_path / "a", *taught)
+    b = tune_on(flipped, tmp_path / "b", *taught)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    c, d = tune_on(sst_like["train"], tmp_path / "c"), tune_on(flipped, tmp_path / "d")
+    assert not all(np.array_equal(c[k], d[k]) for k in c)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["distilled_from"] == str(teacher)

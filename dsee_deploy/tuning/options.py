@@ -134,8 +134,9 @@ class TuneConfig:
     teacher: str | None = field(
         default=None,
         metadata={
-            "help": "Distil from this fine-tuned model instead (a dsee-tune checkpoint or a transformers directory, "
-            "e.g. a --full-finetune output) with the same tokenizer and labels.",
+            "help": "Distil from this fine-tuned model (a dsee-tune checkpoint or a transformers directory, e.g. a "
+            "--full-finetune output) with the same tokenizer and labels: in the tuning epochs and, instead of the "
+            "unpruned model, in re-tuning.",
             "group": "re-tuning after pruning",
         },
     )

@@ -69,10 +69,10 @@ def tune(
 
     started = time.perf_counter()
     config, dsee, prune = config or TuneConfig(), dsee or DSEEConfig(), prune or PruneConfig()
-    if (config.distill or config.teacher) and not prune.any:
+    if config.distill and not config.teacher and not prune.any:
         raise DSEEError(
-            f"{'--teacher' if config.teacher else '--distill'} recovers accuracy after pruning: pass "
-            "--target-speedup or a --prune-* ratio with it"
+            "--distill learns from the unpruned model after pruning: pass --target-speedup or a --prune-* ratio "
+            "with it, or --teacher DIR to distil from a fine-tuned model while tuning"
         )
     if config.full_finetune and (prune.any or resume):
         raise DSEEError(
@@ -175,6 +175,11 @@ def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConf
     data = read_data(train, eval, test, config)
     model_config = load_config(model_path, data.task)
     tokenizer = load_tokenizer(model_path)
+    from transformers import set_seed
+
+    # The new task head is initialised from torch's global generator: seeded, so that two runs in one process
+    # (the Python API) with one --seed start alike, as two processes do.
+    set_seed(config.seed)
     model, loading = load_model(model_path, model_config, data.task)
     # A local base is recorded by absolute path so that the checkpoint loads from any working directory.
     base_ref = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
@@ -272,7 +277,10 @@ class Session:
         self.work = out / "trainer"
         metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
         if config.epochs > 0:  # --epochs 0: straight to pruning (e.g. with --resume of a tuned checkpoint)
-            self.train(config.epochs)
+            # With --teacher the tuning epochs learn from it too (every layer from its own: nothing is pruned yet).
+            self.train(config.epochs, self.distillation(self.teacher) if config.distill is not False else None)
+            if self.teacher is not None:
+                metrics["distilled_from"] = str(config.teacher)
         if self.prune_config.any:
             metrics.update(self.prune_and_retune())
         metrics.update(self.summary())
@@ -392,8 +400,9 @@ class Session:
             )
         return metrics
 
-    def distillation(self, teacher, layers: list[dict]):
-        """How the student learns from `teacher` (None: it does not), its layers mapped by the final layout."""
+    def distillation(self, teacher, layers: list[dict] | None = None):
+        """How the student learns from `teacher` (None: it does not), its layers mapped by the final layout
+        (`layers`, pruning's record; None: every layer kept)."""
         from ..architectures import get_spec
         from ..training import Distillation, layer_map
 
@@ -401,7 +410,11 @@ class Session:
             return None
         c, spec = self.config, get_spec(self.run.model.config.model_type)
         same_width = spec.hidden_size(teacher.config) == spec.hidden_size(self.run.model.config)
-        kept = [bool(e["kept_heads"] or e["kept_ffn"]) for e in layers]
+        kept = (
+            [True] * spec.num_layers(self.run.model.config)
+            if layers is None
+            else [bool(e["kept_heads"] or e["kept_ffn"]) for e in layers]
+        )
         mapping = layer_map(kept, spec.num_layers(teacher.config)) if same_width else []
         return Distillation(teacher, c.distill_alpha, c.distill_temperature, c.distill_hidden, mapping)
 
