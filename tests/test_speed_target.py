@@ -265,7 +265,7 @@ def test_a_teacher_also_teaches_the_tuning_epochs_without_pruning(tiny_bases, ss
     flipped = write_tsv(
         tmp_path / "flipped.tsv",
         ["sentence", "label"],
-        [(s, 1 - y) for s, y in zip(rows["sentence"], rows["label"])],
+        [(s, 1 - y) for s, y in zip(rows["sentence"], rows["label"], strict=True)],
     )
 
     def tune_on(train, out, *extra):
