@@ -62,6 +62,12 @@ class Manifest:
     validate_data: dict | None = None
     tensorrt: dict | None = None
     triton: dict | None = None
+    cache: list | None = field(
+        default=None,
+        metadata={
+            "help": "A causal LM's KV cache, per layer: its heads and the shape of its past keys and values."
+        },
+    )
     speedup: dict | None = field(
         default=None, metadata={"help": "Measured against the dense engine; the speed target, if any."}
     )
@@ -115,9 +121,11 @@ class Manifest:
         return cls(**data)
 
     def content_digest(self) -> str:
-        # `speedup` came within format 4: a manifest without one keeps the digest it was written with.
+        # `speedup` and `cache` came within format 4: a manifest without them keeps the digest it was written with.
         data = {
-            k: v for k, v in self.to_dict().items() if k != "digest" and not (k == "speedup" and v is None)
+            k: v
+            for k, v in self.to_dict().items()
+            if k != "digest" and not (k in ("speedup", "cache") and v is None)
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -83,6 +83,14 @@ class ExportConfig:
             "engine of the same geometry and precision on this machine (seconds), into the manifest."
         },
     )
+    kv_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "A causal LM exports as a decoder with a KV cache (each layer's past keys and values in, "
+            "present out; one graph for prompt and decode steps); --no-kv-cache: the whole sequence in, logits "
+            "out, every step recomputing the prefix."
+        },
+    )
     min_shape: str = field(
         default="1x1",
         metadata={"help": "TensorRT: smallest BATCHxSEQ the engine accepts.", "group": "tensorrt"},

@@ -121,14 +121,26 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
     from .pooling import add_sentence_embedding
 
     task = source.task
-    path = export_onnx(source.model, source.tokenizer, task.spec, out, config.opset)
+    decoder = task.spec.language_model and config.kv_cache
+    if decoder:
+        from .decoder import cache_heads, cache_shapes, export_decoder
+
+        if config.format != "onnx":
+            raise DSEEError(
+                f"--format {config.format} does not take the KV-cache decoder (its shape profiles and Triton "
+                f"config have no past inputs yet): use --format onnx, or --no-kv-cache"
+            )
+        path = export_decoder(source.model, source.tokenizer, out, config.opset)
+        manifest.cache = cache_shapes(cache_heads(source.model), manifest.head_size)
+    else:
+        path = export_onnx(source.model, source.tokenizer, task.spec, out, config.opset)
     if task.spec.pooled:  # feature extraction: the pooling is appended to the graph
         add_sentence_embedding(path, task.pooling, task.normalize)
     manifest.inputs, manifest.outputs = graph_io(path)
     if config.optimize and FORMATS[config.format].optimizes:
         manifest.optimization = optimize(path, source, config.fuse_skip_layernorm())
     if config.validate:
-        manifest.validation = validate(source, path, config.atol, agreement=False)
+        manifest.validation = validate(source, path, config.atol, agreement=False, decoder=decoder)
     precision = PRECISIONS[config.precision]
     engines = {"onnx fp32": path}
     if precision.reduced:
@@ -138,7 +150,7 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
         manifest.quantization = precision.convert(fp32, path)
         if config.validate:
             manifest.validation_reduced = {
-                **validate(source, path, None, agreement=True),
+                **validate(source, path, None, agreement=True, decoder=decoder),
                 "note": f"an {precision.name} engine is judged by prediction agreement and the task metric "
                 f"(--validate-data), not by the fp32 atol; max |diff| is recorded for information",
             }
@@ -153,6 +165,7 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
             )
     if (
         config.speedup
+        and not task.spec.language_model  # decode speed: dsee-bench's causal-LM timing
         and FORMATS[config.format].optimizes
         and source.pruning
         and source.pruning["structured"]
@@ -228,7 +241,11 @@ def graph_io(path: Path) -> tuple[list[str], list[str]]:
     return [i.name for i in graph.input], [o.name for o in graph.output]
 
 
-def validate(source: Source, path: Path, atol: float | None, agreement: bool) -> dict:
+def validate(source: Source, path: Path, atol: float | None, agreement: bool, decoder: bool = False) -> dict:
+    if decoder:
+        from .decoder import validate_decoder
+
+        return validate_decoder(source.model, path, atol, agreement=agreement)
     from .validate import validate_onnx
 
     return validate_onnx(source.model, path, atol, source.task.spec.outputs, agreement=agreement)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from ..architectures import get_spec
 from ..errors import DSEEError
 from ..manifest import Manifest
 from ..runtime import TextEncoder, make_session, run_texts
+from ..runtime.generate import Decoder, GenerationConfig, TextStream, has_cache
 from ..runtime.text import Input, read_json
 
 log = logging.getLogger("dsee_deploy.serve")
@@ -30,7 +31,15 @@ class Engine:
     read after `load` (see runtime.TextEncoder).
     """
 
-    def __init__(self, path: Path, session, encoder: TextEncoder, manifest: Manifest, labels: list[str]):
+    def __init__(
+        self,
+        path: Path,
+        session,
+        encoder: TextEncoder,
+        manifest: Manifest,
+        labels: list[str],
+        config: dict | None = None,
+    ):
         self.path = path
         self.manifest = manifest
         self.task: str = manifest.task
@@ -42,7 +51,16 @@ class Engine:
         self._task = manifest.spec
         self._session = session
         self._encoder = encoder
-        self._spec.feeds(self.input_names, *encoder.pad(encoder.encode(["a"])))  # refuses unknown inputs
+        self._decoder = None  # a causal LM's KV-cache graph: generate()
+        if has_cache(session):
+            config = config or {}
+            eos = config.get("eos_token_id")
+            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            positions = self._spec.max_tokens(config) if config else None
+            self._decoder = Decoder(session, eos, encoder.padding.id, positions)
+            self._prompts = _prompt_tokenizer(path)
+            self._bos = config.get("bos_token_id")
+        self.feeds(*encoder.pad(encoder.encode(["a"])))  # refuses unknown inputs
 
     @classmethod
     def load(
@@ -120,7 +138,7 @@ class Engine:
                 f"engine '{path}' could not be loaded ({reason}): export it again with dsee-export "
                 f"(onnxruntime {ort.__version__} is installed here)"
             ) from exc
-        engine = cls(path, session, encoder, manifest, _labels(config))
+        engine = cls(path, session, encoder, manifest, _labels(config), config)
         engine._check_outputs()
         log.info(
             "engine %s: %s, provider %s, intra-op threads %s, max length %d",
@@ -190,8 +208,121 @@ class Engine:
         return self._encoder
 
     def feeds(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> dict[str, np.ndarray]:
-        """This engine's graph inputs for padded token ids, as the architecture builds them."""
-        return self._spec.feeds(self.input_names, ids, mask, types)
+        """This engine's graph inputs for padded token ids, as the architecture builds them (a KV-cache
+        decoder's past is empty: the whole sequence runs at once)."""
+        if self._decoder is None:
+            return self._spec.feeds(self.input_names, ids, mask, types)
+        c = self._decoder.cache
+        names = [n for n in self.input_names if n not in set(c.past)]
+        empty = {
+            n: np.zeros((len(ids), h, 0, c.head_size), c.dtype) for n, h in zip(c.past, c.heads, strict=True)
+        }
+        return {**self._spec.feeds(names, ids, mask, types), **empty}
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        batch_size: int = 16,
+    ) -> list[dict]:
+        """Continue each prompt: per prompt {"text", "token_ids", "finish_reason"} ("stop": an EOS token or a
+        `stop` string ended it, neither included; "length": `max_new_tokens` did). Greedy by default;
+        `do_sample` draws after `temperature`, `top_k` (0: off) and `top_p` (1: off), the same tokens for the
+        same `seed`. Prompts decode together, left padded, `batch_size` at a time, with the KV cache."""
+        results: list[dict] = [{} for _ in prompts] if not isinstance(prompts, str) else []
+        for event in self.stream(
+            prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, batch_size
+        ):
+            if "finish_reason" in event:
+                index = event.pop("index")
+                results[index] = event
+        return results
+
+    def stream(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        batch_size: int = 16,
+    ) -> Iterator[dict]:
+        """generate() as it happens: {"index", "token_id", "text"} for each new token of prompt `index` (`text`:
+        what it adds, maybe empty while a character is incomplete), then {"index", "text", "token_ids",
+        "finish_reason"} once that prompt is done. Parameters are checked before anything runs."""
+        config = GenerationConfig(max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop or ())
+        config.check()
+        ids = self._prompt_ids(prompts, config)
+        if batch_size < 1:
+            raise DSEEError(f"batch_size={batch_size} is not a batch size: pass 1 or more")
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            texts = [TextStream(self._prompts, config.stop) for _ in chunk]
+            ended: dict[int, str] = {}
+            done = np.zeros(len(chunk), bool)  # rows the decoder may stop feeding: each step reads it
+            steps = self._decoder.steps(chunk, config, done)
+            for tokens in steps:
+                for row, token in enumerate(tokens.tolist()):
+                    if row in ended:
+                        continue
+                    index = start + row
+                    if token in self._decoder.eos:
+                        ended[row] = "stop"
+                    else:
+                        delta = texts[row].add(token)
+                        if texts[row].stopped:
+                            ended[row] = "stop"
+                        yield {"index": index, "token_id": token, "text": delta}
+                        if not texts[row].stopped and len(texts[row].ids) >= config.max_new_tokens:
+                            ended[row] = "length"
+                    if row in ended:
+                        done[row] = True
+                        yield self._finished(index, texts[row], ended[row])
+            steps.close()
+
+    @staticmethod
+    def _finished(index: int, text: TextStream, reason: str) -> dict:
+        return {"index": index, "text": text.text, "token_ids": list(text.ids), "finish_reason": reason}
+
+    def _prompt_ids(self, prompts, config: GenerationConfig) -> list[list[int]]:
+        if self._decoder is None:
+            raise DSEEError(
+                f"engine '{self.path}' is a {self.task} engine without a KV cache: generate() serves causal-LM "
+                f"engines exported with one (dsee-export CKPT --output DIR, without --no-kv-cache)"
+            )
+        if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+            raise DSEEError(
+                f"prompts is a {type(prompts).__name__}: pass a list of texts, e.g. generate(['The restaurant'])"
+            )
+        ids = []
+        limit = self._decoder.positions
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise DSEEError(f"prompts[{i}] is {_describe(prompt)}: pass a text")
+            check_text(prompt, f"prompts[{i}]")
+            tokens = self._prompts.encode(prompt, add_special_tokens=False).ids
+            if not tokens:
+                if self._bos is None:
+                    raise DSEEError(f"prompts[{i}] is empty and the model has no BOS token to start from")
+                tokens = [self._bos]
+            if limit and len(tokens) + config.max_new_tokens > limit:
+                room = limit - len(tokens)
+                fix = f"pass max_new_tokens={room} or less" if room > 0 else "shorten the prompt"
+                raise DSEEError(
+                    f"prompts[{i}] has {len(tokens)} tokens, and with max_new_tokens={config.max_new_tokens} it "
+                    f"goes beyond the model's {limit} positions: {fix}"
+                )
+            ids.append(tokens)
+        return ids
 
     def _wrong_task(self, verb: str) -> str:
         if verb == "embed":
@@ -248,6 +379,18 @@ def _describe(x) -> str:
     if isinstance(x, tuple | list):
         return f"a {type(x).__name__} of {len(x)}"
     return f"a {type(x).__name__}"
+
+
+def _prompt_tokenizer(path: Path):
+    """The engine's tokenizer for prompts: no special tokens added, no truncation (a prompt too long for the
+    model is refused, never cut), no padding. Its own instance: TextEncoder's truncation is set once for
+    thread safety, so it cannot be switched off per call."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def _labels(config: dict) -> list[str]:

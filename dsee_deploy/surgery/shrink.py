@@ -21,9 +21,14 @@ from ..tuning.layer import DSEELayer, projection_shape
 class AttentionSkip(nn.Module):
     """Stands in for the attention of a layer with no heads left: contributes O's bias and nothing else."""
 
-    def __init__(self, hidden_size: int, bias: torch.Tensor | None):
+    def __init__(
+        self, hidden_size: int, bias: torch.Tensor | None, layer_idx: int | None = None, head_size: int = 0
+    ):
         super().__init__()
         self.hidden_size = hidden_size
+        # A decoder's cache (transformers' Cache) counts the tokens seen from each layer's keys: this layer adds
+        # zero-head keys, so that the count and each layer's index stay right without holding anything.
+        self.layer_idx, self.head_size = layer_idx, head_size
         if bias is None:  # O stays outside (BERT): return a zero-width context for it
             self.register_buffer("bias", None)
         else:
@@ -34,6 +39,12 @@ class AttentionSkip(nn.Module):
         hidden_states = (
             args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
         )  # (B, T, hidden)
+        cache = kwargs.get("past_key_values")
+        if cache is not None and self.layer_idx is not None and hasattr(cache, "update"):
+            none = hidden_states.new_zeros(
+                (hidden_states.shape[0], 0, hidden_states.shape[1], self.head_size)
+            )
+            cache.update(none, none, self.layer_idx, {"cache_position": kwargs.get("cache_position")})
         # Written with shape-following ops (slice, expand_as), not sizes read into Python, so that a traced or
         # exported graph keeps its batch and sequence axes dynamic.
         if self.bias is None:
@@ -96,7 +107,8 @@ def remove_heads(model: nn.Module, layer: int, heads: list[int], spec: ArchSpec 
             bias = None
         else:
             bias = (o.base_layer if isinstance(o, DSEELayer) else o).bias
-        set_module(block, spec.attention_skip, AttentionSkip(spec.hidden_size(model.config), bias))
+        skip = AttentionSkip(spec.hidden_size(model.config), bias, layer if spec.decoder else None, head_size)
+        set_module(block, spec.attention_skip, skip)
         return
     kept_heads = [h for h in range(n_heads) if h not in set(heads)]
     index = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in kept_heads])

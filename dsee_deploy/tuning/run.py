@@ -278,7 +278,9 @@ class Session:
         metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
         if config.epochs > 0:  # --epochs 0: straight to pruning (e.g. with --resume of a tuned checkpoint)
             # With --teacher the tuning epochs learn from it too (every layer from its own: nothing is pruned yet).
-            self.train(config.epochs, self.distillation(self.teacher) if config.distill is not False else None)
+            self.train(
+                config.epochs, self.distillation(self.teacher) if config.distill is not False else None
+            )
             if self.teacher is not None:
                 metrics["distilled_from"] = str(config.teacher)
         if self.prune_config.any:

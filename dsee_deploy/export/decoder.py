@@ -1,0 +1,258 @@
+"""A causal LM (GPT-2) as one ONNX decoder graph with a KV cache: `input_ids`, `attention_mask` (past and new
+tokens), `position_ids` and each layer's past keys and values in; logits and each layer's present keys and
+values out. One graph serves the prompt (a past of length 0) and every decode step.
+
+Each layer's cache has that layer's own head count, and a layer that kept no heads has none: Optimum's GPT-2
+export with past makes every layer's cache `n_head` wide, which a DSEE-pruned model is not, so the graph is
+traced here from a wrapper that hands the model a cache of exactly the layers' own widths (transformers' Cache
+interface: `update` per layer). The wrapper passes the padding mask as the additive 4-D mask transformers takes
+as it is, so that nothing of transformers' mask construction is traced with this trace's shapes baked in;
+GPT-2's own causal mask (the `bias` buffer, sliced by the past length) stays in the graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PAST = "past_key_values.{}.{}"  # Optimum's and transformers.js's names, per layer, "key" / "value"
+PRESENT = "present.{}.{}"
+INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def cache_heads(model) -> list[int]:
+    """Heads each layer of `model` keeps, i.e. the width of its cache (0: no attention, no cache)."""
+    from ..architectures import get_module, get_spec
+    from ..surgery.shrink import AttentionSkip
+
+    spec = get_spec(model.config.model_type)
+    n_heads = spec.num_heads(model.config)
+    widths = []
+    for block in spec.blocks(model):
+        attention = get_module(block, spec.attention)
+        if isinstance(attention, AttentionSkip):
+            widths.append(0)
+        else:
+            widths.append(n_heads - len(getattr(attention, "pruned_heads", ())))
+    return widths
+
+
+def cache_names(heads: list[int]) -> tuple[list[str], list[str]]:
+    """The graph's past inputs and present outputs, key then value, for the layers that keep heads."""
+    layers = [i for i, h in enumerate(heads) if h]
+    past = [PAST.format(i, kind) for i in layers for kind in ("key", "value")]
+    return past, [PRESENT.format(i, kind) for i in layers for kind in ("key", "value")]
+
+
+class _GraphCache:
+    """transformers' Cache interface as the traced forward needs it: each attention hands its new keys and
+    values to `update` and attends to past + new; a layer without heads (a zero-width update) keeps nothing."""
+
+    def __init__(self, past: dict):
+        self.past, self.present = past, {}
+
+    def get_seq_length(
+        self, layer_idx: int = 0
+    ) -> int:  # transformers' cache_position (unused: positions are fed)
+        return next((k.shape[-2] for k, _ in self.past.values()), 0)
+
+    def update(self, key, value, layer_idx, cache_kwargs=None):
+        import torch
+
+        if key.shape[1] == 0:  # AttentionSkip: no heads, no cache
+            return key, value
+        past_key, past_value = self.past[layer_idx]
+        key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
+        self.present[layer_idx] = (key, value)
+        return key, value
+
+
+def _wrapper(model, heads: list[int]):
+    import torch
+    from torch import nn
+
+    layers = [i for i, h in enumerate(heads) if h]
+
+    class DecoderWithPast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = _GraphCache({i: (past[2 * j], past[2 * j + 1]) for j, i in enumerate(layers)})
+            # Padding as an additive mask over past + new keys; GPT-2's eager attention adds its causal mask.
+            keep = attention_mask[:, None, None, :].to(torch.float32)
+            mask = (1.0 - keep) * torch.finfo(torch.float32).min
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                return_dict=True,
+            )
+            return (out.logits, *[t for i in layers for t in cache.present[i]])
+
+    return DecoderWithPast().eval()  # torch.onnx.export restores the mode it found, recursively
+
+
+def export_decoder(model, tokenizer, out: Path, opset: int = 17) -> Path:
+    """Write `out`/model.onnx, the decoder with a KV cache, with the tokenizer and config beside it."""
+    import torch
+
+    heads = cache_heads(model)
+    head_size = model.config.n_embd // model.config.n_head
+    past_names, present_names = cache_names(heads)
+    model.eval()
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "eager"  # the attention ORT's GPT-2 fusion knows, and it traces as is
+    try:
+        batch, seq, past_len = 2, 3, 4
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+        mask = torch.ones(batch, past_len + seq, dtype=torch.long)
+        positions = torch.arange(past_len, past_len + seq).expand(batch, -1)
+        past = [torch.randn(batch, h, past_len, head_size) for h in heads if h for _ in ("key", "value")]
+        axes = {
+            "input_ids": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+            "position_ids": {0: "batch_size", 1: "sequence_length"},
+            "logits": {0: "batch_size", 1: "sequence_length"},
+            **{n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names},
+            **{n: {0: "batch_size", 2: "total_sequence_length"} for n in present_names},
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "model.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            # The tracer warns about Python values in transformers' code; validation checks the result instead.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                _wrapper(model, heads),
+                (ids, mask, positions, *past),
+                str(path),
+                input_names=[*INPUTS, *past_names],
+                output_names=["logits", *present_names],
+                dynamic_axes=axes,
+                opset_version=opset,
+                # Folding would store Transpose(the tied embedding) as a second copy for the LM head (38.6M
+                # weights for GPT-2 small); ONNX Runtime folds the rest when it loads the graph.
+                do_constant_folding=False,
+                dynamo=False,
+            )
+    finally:
+        model.config._attn_implementation = previous
+    tokenizer.save_pretrained(out)
+    model.config.save_pretrained(out)
+    return path
+
+
+def cache_shapes(heads: list[int], head_size: int) -> list[dict]:
+    """The manifest's record of each layer's cache: [batch, heads, past, head size] or none."""
+    return [
+        {"layer": i, "heads": h, "shape": ["batch_size", h, "past_sequence_length", head_size] if h else None}
+        for i, h in enumerate(heads)
+    ]
+
+
+# (batch, prompt length, tokens of the next run, then one): odd sizes, and other than the trace's (2, 3, 4).
+DECODE_SHAPES = ((1, 7, 3), (3, 12, 5))
+GREEDY_PROMPTS = (9, 2, 5, 13)  # prompt lengths, decoded together, left padded
+GREEDY_TOKENS = 16
+
+
+def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bool = False) -> dict:
+    """Check the KV-cache decoder at `path` against `model`: the logits of a prompt (empty past), of a run
+    of several tokens and of one token after it, against the whole sequence in PyTorch (left-padded rows
+    included); then greedy generation, several prompts of other lengths in one batch, token by token against
+    transformers' `generate`. `atol=None` (int8, fp16) records differences and token agreement instead of
+    failing on them. Raises ValidationError listing every failure."""
+    import torch
+    from transformers import GenerationConfig
+
+    from ..runtime import make_session
+    from ..runtime.generate import Decoder
+    from ..runtime.generate import GenerationConfig as Sampling
+    from .validate import ValidationError
+
+    session = make_session(path, providers=["CPUExecutionProvider"])
+    decoder = Decoder(session, [], model.config.pad_token_id or 0, None)
+    c = decoder.cache
+    rng = np.random.default_rng(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    failures, checks = [], []
+    model.eval()
+    for batch, prompt, more in DECODE_SHAPES:
+        total = prompt + more + 1
+        ids = rng.integers(5, vocab, size=(batch, total), dtype=np.int64)
+        mask = np.ones((batch, total), np.int64)
+        mask[1:, : prompt // 3] = 0  # left padding on all but the first row
+        positions = np.clip(mask.cumsum(1) - 1, 0, None)
+        with torch.no_grad():
+            want = model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                position_ids=torch.from_numpy(positions),
+            ).logits.numpy()
+        past = [np.zeros((batch, h, 0, c.head_size), c.dtype) for h in c.heads]
+        for start, stop in ((0, prompt), (prompt, prompt + more), (prompt + more, total)):
+            feeds = {
+                "input_ids": ids[:, start:stop],
+                "attention_mask": mask[:, :stop],
+                "position_ids": positions[:, start:stop],
+                **dict(zip(c.past, past, strict=True)),
+            }
+            logits, *past = session.run(None, feeds)
+            real = mask[:, start:stop].astype(bool)
+            diff = float(np.abs(logits.astype(np.float32) - want[:, start:stop])[real].max())
+            check = {
+                "output": "logits",
+                "batch": batch,
+                "past": start,
+                "seq": stop - start,
+                "max_abs_diff": diff,
+            }
+            checks.append(check)
+            if atol is not None and not diff <= atol:
+                failures.append(
+                    f"  logits     batch {batch}, past {start}, seq {stop - start}: max |diff| {diff:.3e}"
+                )
+    # Greedy generation against transformers', EOS ignored on both sides so that every row runs its length.
+    lengths = GREEDY_PROMPTS
+    prompts = [rng.integers(5, vocab, size=n).tolist() for n in lengths]
+    width = max(lengths)
+    pad = model.config.pad_token_id or 0
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :], mask[row, width - len(p) :] = torch.tensor(p), 1
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # generate() notes that this config differs from the model's: it is meant to
+    with torch.no_grad():
+        want = model.generate(
+            ids,
+            attention_mask=mask,
+            generation_config=GenerationConfig(
+                max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=pad
+            ),
+        )[:, width:].numpy()
+    hf_logging.set_verbosity(verbosity)
+    got = np.stack(list(decoder.steps(prompts, Sampling(max_new_tokens=GREEDY_TOKENS))), axis=1)
+    same_rows = int((got == want).all(1).sum())
+    greedy = {
+        "prompt_lengths": list(lengths),
+        "new_tokens": GREEDY_TOKENS,
+        "identical_rows": f"{same_rows}/{len(prompts)}",
+        "token_agreement": f"{int((got == want).sum())}/{want.size}",
+    }
+    if atol is not None and same_rows != len(prompts):
+        failures.append(
+            f"  greedy     {len(prompts) - same_rows} of {len(prompts)} prompts decode other tokens than "
+            f"transformers' generate"
+        )
+    if failures:
+        raise ValidationError("ONNX decoder does not match PyTorch:\n" + "\n".join(failures))
+    return {"passed": True, "atol": atol, "checks": checks, "greedy": greedy}
