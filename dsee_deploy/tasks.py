@@ -25,7 +25,7 @@ class TaskSpec:
     engine_output: str = "logits"  # the output the engine reads
     labelled: bool = False  # has labels: --validate-data, dsee-bench --eval-data and the metric gate apply
     metrics: tuple[str, ...] = ()  # what training reports; the first is the default selection metric
-    verb: str = ""  # the Engine method and HTTP route that serve it ("predict", "embed"); "" if not served
+    verb: str = ""  # the Engine method and HTTP route that serve it ("predict", "embed", "generate")
     greater_is_better: bool = True
     language_model: bool = False  # trains on blocks of text (no labels), collated for next-token prediction
     problem_type: str | None = None  # transformers' config.problem_type for the head
@@ -204,6 +204,7 @@ class CausalLM(TaskSpec):
     greater_is_better = False
     language_model = True
     architectures = ("LMHead", "ForCausalLM")
+    verb = "generate"
 
 
 @register

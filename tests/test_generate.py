@@ -193,3 +193,75 @@ def test_int8_and_no_cache_exports_of_a_causal_lm(lm, tmp_path, capsys):
     assert inputs == ["input_ids", "attention_mask", "position_ids"]
     with pytest.raises(DSEEError, match="without a KV cache"):
         Engine.load(plain).generate(["a"])
+
+
+def _post(port: int, body: dict | bytes):
+    """(status, headers, body text) of POST /v1/generate; http.client reads a chunked (streamed) body whole."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection.request("POST", "/v1/generate", payload, {"content-type": "application/json"})
+    reply = connection.getresponse()
+    text = reply.read().decode()
+    connection.close()
+    return reply.status, dict(reply.getheaders()), text
+
+
+def test_dsee_serve_generates_streams_the_same_tokens_and_batches_clients(lm_engines):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_serve import metric, served
+
+    from dsee_deploy.serve.load import Connection
+
+    engine = Engine.load(lm_engines["root"] / "structured")
+    want = engine.generate(PROMPTS, max_new_tokens=20)
+    sampled = engine.generate(PROMPTS[:2], max_new_tokens=10, do_sample=True, top_k=5, seed=4)
+    with served(lm_engines["root"] / "structured", "--threads", "1", "--max-wait-ms", "50") as (port, _):
+        status, _, text = _post(port, {"prompts": PROMPTS, "max_new_tokens": 20})
+        assert status == 200, text
+        assert json.loads(text)["generations"] == want
+        status, headers, text = _post(port, {"prompt": PROMPTS[2], "max_new_tokens": 20, "stream": True})
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        lines = [line[len("data: ") :] for line in text.split("\n\n") if line]
+        assert lines[-1] == "[DONE]"
+        events = [json.loads(line) for line in lines[:-1]]
+        tokens = [e["token_id"] for e in events if "token_id" in e]
+        assert tokens == want[2]["token_ids"] and "".join(e["text"] for e in events[:-1]) == want[2]["text"]
+        assert events[-1]["finish_reason"] == want[2]["finish_reason"]
+        body = {"prompts": PROMPTS[:2], "max_new_tokens": 10, "do_sample": True, "top_k": 5, "seed": 4}
+        assert json.loads(_post(port, body)[2])["generations"] == sampled
+        # 16 clients at once, each its own prompt and length: each gets what it gets alone, in fewer runs.
+        jobs = [{"prompt": PROMPTS[i % 4], "max_new_tokens": 4 + i} for i in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda b: _post(port, b), jobs))
+        for job, (status, _, text) in zip(jobs, replies, strict=True):
+            assert status == 200, text
+            alone = engine.generate([job["prompt"]], max_new_tokens=job["max_new_tokens"])
+            assert json.loads(text)["generations"] == alone
+        bad = [
+            (b"{nope", 400, "not valid JSON"),
+            ({"max_new_tokens": 3}, 422, 'needs "prompt"'),
+            (
+                {"prompt": "a", "temperature": -1, "do_sample": True},
+                422,
+                "temperature=-1 is not a temperature",
+            ),
+            ({"prompt": "a", "top_p": 2}, 422, "top_p=2 is outside (0, 1]"),
+            ({"prompt": "a", "max_new_tokens": 500}, 422, "beyond the model's 64 positions"),
+            ({"prompt": "a", "stream": "yes"}, 422, '"stream" is "yes"'),
+            ({"prompt": "a", "beams": 4}, 422, 'unknown field "beams"'),
+            ({"prompts": ["a"] * 100}, 413, "over the limit of 64"),
+        ]
+        for body, status, words in bad:
+            got_status, _, text = _post(port, body)
+            assert got_status == status and words in json.loads(text)["error"], text
+        with Connection("127.0.0.1", port) as c:
+            reply = c.request("/v1/predict", b'{"inputs": ["a"]}')
+            assert reply.status == 404 and "POST /v1/generate" in json.loads(reply.body)["error"]
+            metrics = c.request("/metrics").body.decode()
+    assert metric(metrics, "dsee_generated_tokens_total") >= sum(len(w["token_ids"]) for w in want)
+    assert metric(metrics, 'dsee_request_errors_total{endpoint="generate"') == len(bad)
+    runs = metric(metrics, "dsee_batch_size_count")
+    assert runs < 3 + 16, f"{runs} decoding runs: the 16 concurrent clients were not batched"

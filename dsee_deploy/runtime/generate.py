@@ -63,7 +63,7 @@ class GenerationConfig:
                 raise DSEEError(f"seed={self.seed} is negative: pass 0 or more")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
-        if not all(isinstance(s, str) and s for s in self.stop):
+        if not isinstance(self.stop, tuple | list) or not all(isinstance(s, str) and s for s in self.stop):
             raise DSEEError(f"stop={list(self.stop)!r}: pass non-empty strings")
         self.stop = tuple(self.stop)
 

@@ -2,6 +2,7 @@
 
     POST /v1/predict  {"inputs": ["text", ["text", "text pair"], ...]}  -> {"predictions": [...]}
     POST /v1/embed    {"inputs": [...]}  -> {"embeddings": [[...], ...]}  (feature-extraction engines)
+    POST /v1/generate {"prompt": "text", "max_new_tokens": 32, "stream": false}  (causal-LM engines: generation.py)
     GET  /v1/model    the engine's manifest, with how it is served
     GET  /healthz     the process is up;  GET /readyz  the engine is warm and requests are taken
     GET  /metrics     Prometheus: requests, errors, latency, batch sizes, queue depth
@@ -40,7 +41,7 @@ from .options import ServeOptions
 log = logging.getLogger("dsee_deploy.serve")
 
 # The task each endpoint serves, and the key of its answer.
-ENDPOINTS = {"predict": "predictions", "embed": "embeddings"}
+ENDPOINTS = {"predict": "predictions", "embed": "embeddings", "generate": "generations"}
 # JSON can spell one character in up to 12 bytes (a surrogate pair as two \uXXXX escapes).
 _BYTES_PER_CHAR = 12
 
@@ -168,6 +169,13 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
             registry=r,
         )
+        self.tokens = Counter("dsee_generated_tokens", "Tokens generated (/v1/generate).", registry=r)
+        self.time_per_token = Histogram(
+            "dsee_time_per_token_seconds",
+            "Per prompt of /v1/generate: time from reading the request to its last token, over its tokens.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1),
+            registry=r,
+        )
         Gauge("dsee_queue_depth", "Inputs waiting for a batch.", registry=r).set_function(
             lambda: batcher.queue_depth
         )
@@ -175,6 +183,12 @@ class Metrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+
+    def observe_generation(self, tokens: int, seconds: float) -> None:
+        """One prompt's generation ended: its tokens, and the time per token since its request was read."""
+        self.tokens.inc(tokens)
+        if tokens:
+            self.time_per_token.observe(seconds / tokens)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -187,10 +201,10 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     """A FastAPI app serving `engine`: /v1/predict (or /v1/embed), /v1/model, /healthz, /readyz, /metrics."""
     options = options or ServeOptions()
     endpoint = engine.manifest.spec.verb
-    if not endpoint:
+    if endpoint == "generate" and engine._decoder is None:
         raise DSEEError(
-            f"engine '{engine.path}' is a {engine.task} engine: dsee-serve serves classification, regression "
-            f"and feature-extraction engines; text generation is not served by this version"
+            f"engine '{engine.path}' is a causal-LM engine without a KV cache: export it again without "
+            f"--no-kv-cache to serve /v1/generate"
         )
 
     def run(inputs: list) -> list:  # one batch, in the batcher's thread
@@ -198,7 +212,12 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             return engine.embed(inputs, batch_size=options.max_batch_size).tolist()
         return engine.predict(inputs, batch_size=options.max_batch_size)
 
-    batcher = MicroBatcher(run, options.max_batch_size, options.max_wait_ms)
+    if endpoint == "generate":
+        from .generation import GenerationBatcher
+
+        batcher = GenerationBatcher(engine, options.max_batch_size, options.max_wait_ms)
+    else:
+        batcher = MicroBatcher(run, options.max_batch_size, options.max_wait_ms)
     metrics = Metrics(batcher)
     batcher.on_batch = metrics.observe_batch
     state = {"ready": False}
@@ -209,7 +228,8 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         batcher.start()
         # The first ORT run allocates and plans; do it before /readyz says yes.
-        await asyncio.get_running_loop().run_in_executor(None, engine.run, ["warm up"])
+        warm = (lambda: engine.generate(["warm up"], max_new_tokens=2)) if endpoint == "generate" else None
+        await asyncio.get_running_loop().run_in_executor(None, warm or (lambda: engine.run(["warm up"])))
         state["ready"] = True
         log.info("ready: %s on %s, POST /v1/%s", engine.path, engine.provider, endpoint)
         yield
@@ -259,6 +279,71 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         headers = {"connection": "close"} if status in (408, 413) else None
         return Response(json.dumps(payload), status, headers=headers, media_type="application/json")
 
+    async def generate(request: Request) -> Response:
+        from fastapi.responses import StreamingResponse
+
+        from .generation import parse_generation
+
+        if endpoint != "generate":
+            return await serve(request, "generate")
+        started = time.perf_counter()
+        try:
+            body = await read_body(request, max_body, options)
+            ids, config, stream, count = parse_generation(body, options, engine)
+            events = batcher.submit(ids, config)
+        except RequestError as exc:
+            return answer("generate", exc.status, {"error": str(exc)}, started)
+        except ClientDisconnect:
+            return answer("generate", 499, {"error": "the client closed the connection"}, started)
+        except Draining:
+            return answer(
+                "generate", 503, {"error": "the server is shutting down: retry on another replica"}, started
+            )
+
+        async def results():  # the job's events, to its end; an engine failure raises here
+            while (event := await events.get()) is not None:
+                if isinstance(event, Exception):
+                    raise event
+                if "finish_reason" in event:
+                    metrics.observe_generation(len(event["token_ids"]), time.perf_counter() - started)
+                yield event
+
+        if stream:
+
+            async def sse():
+                status = 200
+                try:
+                    async for event in results():
+                        yield f"data: {json.dumps(event)}\n\n"
+                    yield "data: [DONE]\n\n"
+                except Exception as exc:  # the status line is sent: the failure goes in the stream
+                    log.exception("engine failed on a request to /v1/generate")
+                    status = 500
+                    yield f"data: {json.dumps({'error': f'the engine failed: {type(exc).__name__}: {exc}'})}\n\n"
+                finally:
+                    metrics.observe_request("generate", status, time.perf_counter() - started)
+
+            return StreamingResponse(
+                sse(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
+        generations: list = [None] * count
+        try:
+            async for event in results():
+                if "finish_reason" in event:
+                    index = event.pop("index")
+                    generations[index] = event
+        except Exception as exc:
+            log.exception("engine failed on a request to /v1/generate")
+            return answer(
+                "generate", 500, {"error": f"the engine failed: {type(exc).__name__}: {exc}"}, started
+            )
+        return answer("generate", 200, {"generations": generations}, started)
+
+    def answer(route: str, status: int, payload: dict, started: float) -> Response:
+        metrics.observe_request(route, status, time.perf_counter() - started)
+        headers = {"connection": "close"} if status in (408, 413) else None
+        return Response(json.dumps(payload), status, headers=headers, media_type="application/json")
+
     async def predict(request: Request) -> Response:
         return await serve(request, "predict")
 
@@ -271,6 +356,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     # server spends between engine runs, one request after the other.
     app.add_route("/v1/predict", predict, methods=["POST"], include_in_schema=False)
     app.add_route("/v1/embed", embed, methods=["POST"], include_in_schema=False)
+    app.add_route("/v1/generate", generate, methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/model")
     async def model() -> dict:
@@ -302,6 +388,13 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
 
 
 def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
+    if endpoint == "generate":
+        return f"engine '{engine.path}' is a causal-LM engine: POST /v1/generate"
+    if route == "generate":
+        return (
+            f"engine '{engine.path}' is a {engine.task} engine, so it generates no text: POST /v1/{endpoint}, or "
+            f"serve a causal-LM engine"
+        )
     if route == "embed":
         return (
             f"engine '{engine.path}' is a {engine.task} engine, so it has no embeddings: POST /v1/predict, or "

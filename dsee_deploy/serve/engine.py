@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -261,39 +262,57 @@ class Engine:
         "finish_reason"} once that prompt is done. Parameters are checked before anything runs."""
         config = GenerationConfig(max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop or ())
         config.check()
-        ids = self._prompt_ids(prompts, config)
+        ids = self.prompt_ids(prompts, config)
         if batch_size < 1:
             raise DSEEError(f"batch_size={batch_size} is not a batch size: pass 1 or more")
         for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
-            texts = [TextStream(self._prompts, config.stop) for _ in chunk]
-            ended: dict[int, str] = {}
-            done = np.zeros(len(chunk), bool)  # rows the decoder may stop feeding: each step reads it
-            steps = self._decoder.steps(chunk, config, done)
+            rows = ids[start : start + batch_size]
+            for event in self.decode(
+                rows, config, [config.max_new_tokens] * len(rows), [config.stop] * len(rows)
+            ):
+                yield {**event, "index": start + event["index"]}
+
+    def decode(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        limits: list[int],
+        stops: list[tuple[str, ...]],
+    ) -> Iterator[dict]:
+        """stream() for checked prompt token ids in one batch, each row with its own token limit and stop
+        strings (several clients' requests decoding together); `config` gives the sampling and the steps."""
+        texts = [TextStream(self._prompts, stop) for stop in stops]
+        done = np.zeros(len(prompts), bool)  # rows the decoder may stop feeding: each step reads it
+        steps = self._decoder.steps(prompts, replace(config, max_new_tokens=max(limits)), done)
+        try:
             for tokens in steps:
                 for row, token in enumerate(tokens.tolist()):
-                    if row in ended:
+                    if done[row]:
                         continue
-                    index = start + row
+                    reason = None
                     if token in self._decoder.eos:
-                        ended[row] = "stop"
+                        reason = "stop"
                     else:
                         delta = texts[row].add(token)
+                        yield {"index": row, "token_id": token, "text": delta}
                         if texts[row].stopped:
-                            ended[row] = "stop"
-                        yield {"index": index, "token_id": token, "text": delta}
-                        if not texts[row].stopped and len(texts[row].ids) >= config.max_new_tokens:
-                            ended[row] = "length"
-                    if row in ended:
+                            reason = "stop"
+                        elif len(texts[row].ids) >= limits[row]:
+                            reason = "length"
+                    if reason:
                         done[row] = True
-                        yield self._finished(index, texts[row], ended[row])
+                        yield self._finished(row, texts[row], reason)
+                if done.all():
+                    break
+        finally:
             steps.close()
 
     @staticmethod
     def _finished(index: int, text: TextStream, reason: str) -> dict:
         return {"index": index, "text": text.text, "token_ids": list(text.ids), "finish_reason": reason}
 
-    def _prompt_ids(self, prompts, config: GenerationConfig) -> list[list[int]]:
+    def prompt_ids(self, prompts, config: GenerationConfig) -> list[list[int]]:
+        """The token ids of each prompt, refused in one line where they cannot be generated from."""
         if self._decoder is None:
             raise DSEEError(
                 f"engine '{self.path}' is a {self.task} engine without a KV cache: generate() serves causal-LM "
@@ -333,9 +352,14 @@ class Engine:
             )
         if self._task.verb == "embed":
             return f"engine '{self.path}' is a feature-extraction engine, so it has no labels: call embed()"
+        if self._task.verb == "generate":
+            return (
+                f"engine '{self.path}' is a {self.task} engine: predict() serves classification and regression "
+                f"engines; call generate() on this one"
+            )
         return (
             f"engine '{self.path}' is a {self.task} engine: predict() serves classification and regression "
-            f"engines; text generation is not served by this version"
+            f"engines"
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,201 @@
+"""dsee-serve's text generation: POST /v1/generate on a causal-LM engine with a KV cache.
+
+    {"prompt": "The restaurant serves", "max_new_tokens": 32}            -> {"generations": [{"text", ...}]}
+    {"prompts": ["a", "b"], "do_sample": true, "temperature": 0.8, "top_p": 0.9, "seed": 0, "stop": ["."]}
+    {"prompt": "...", "stream": true}   -> server-sent events: one per token, {"index", "token_id", "text"},
+                                           one per prompt when it ends, {"index", "text", "token_ids",
+                                           "finish_reason"}, then "[DONE]"
+
+Requests from several clients decode together: greedy requests that arrive while the engine is busy, or within
+--max-wait-ms of each other, join one batch (each row keeps its own max_new_tokens and stop strings, so a
+client gets exactly what it would get alone: greedy tokens do not depend on the batch). A sampled request runs
+in a batch of its own, so that its seed gives the same tokens however many clients there are. A batch runs to
+its last row's end; requests that arrive meanwhile wait for the next (static batching, not continuous: the
+decoder graph's cache has one past length for the whole batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import DSEEError
+from ..runtime.generate import GenerationConfig
+
+PARAMETERS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "stop")
+_STOP = object()
+
+
+@dataclass
+class Job:
+    """One request: its prompts' token ids, how to generate, and where its events go (an asyncio queue)."""
+
+    ids: list[list[int]]
+    config: GenerationConfig
+    events: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    started: float = field(default_factory=time.perf_counter)
+    open_rows: int = 0
+
+    def put(self, event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class GenerationBatcher:
+    """One thread decodes batches of jobs with `engine.decode`; `submit` returns the job's event queue, which
+    ends with None (or carries the exception that stopped it)."""
+
+    def __init__(self, engine, max_batch_size: int, max_wait_ms: float, on_batch=None):
+        self.engine = engine
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.on_batch = on_batch  # (prompts in the batch, seconds), e.g. for metrics
+        self.draining = False
+        self._queue: queue.Queue = queue.Queue()
+        self._held: list[Job] = []  # taken from the queue while gathering a batch, for the next one
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self.draining
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() + len(self._held)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="dsee-generate", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self.draining = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def submit(self, ids: list[list[int]], config: GenerationConfig) -> asyncio.Queue:
+        from .batching import Draining
+
+        if self.draining:
+            raise Draining()
+        job = Job(ids, config, asyncio.Queue(), asyncio.get_running_loop(), open_rows=len(ids))
+        self._queue.put(job)
+        return job.events
+
+    def _next(self, timeout: float | None):
+        if self._held:
+            return self._held.pop(0)
+        try:
+            return (
+                self._queue.get(timeout=timeout)
+                if timeout is None or timeout > 0
+                else self._queue.get_nowait()
+            )
+        except queue.Empty:
+            return None
+
+    def _work(self) -> None:
+        while True:
+            job = self._next(None)
+            if job is _STOP:
+                return
+            batch = [job]
+            if not job.config.do_sample:
+                self._gather(batch)
+            started = time.perf_counter()
+            try:
+                self._decode(batch)
+            except Exception as exc:  # the request(s) answer 500; the server goes on
+                for j in batch:
+                    j.put(exc)
+            if self.on_batch:
+                self.on_batch(sum(len(j.ids) for j in batch), time.perf_counter() - started)
+
+    def _gather(self, batch: list[Job]) -> None:
+        """Add greedy jobs that are waiting, or arrive within max_wait, up to max_batch_size prompts."""
+        deadline = time.perf_counter() + self.max_wait
+        rows = len(batch[0].ids)
+        skipped = []
+        while rows < self.max_batch_size:
+            job = self._next(deadline - time.perf_counter())
+            if job is None:
+                break
+            if job is _STOP or job.config.do_sample or rows + len(job.ids) > self.max_batch_size:
+                skipped.append(job)
+                if job is _STOP:
+                    break
+                continue
+            batch.append(job)
+            rows += len(job.ids)
+        self._held = skipped + self._held
+
+    def _decode(self, batch: list[Job]) -> None:
+        owners = [(job, i) for job in batch for i in range(len(job.ids))]
+        prompts = [ids for job in batch for ids in job.ids]
+        limits = [job.config.max_new_tokens for job in batch for _ in job.ids]
+        stops = [job.config.stop for job in batch for _ in job.ids]
+        for event in self.engine.decode(prompts, batch[0].config, limits, stops):
+            job, index = owners[event["index"]]
+            job.put({**event, "index": index})
+            if "finish_reason" in event:
+                job.open_rows -= 1
+                if job.open_rows == 0:
+                    job.put(None)
+
+
+def parse_generation(body: bytes, options, engine) -> tuple[list[list[int]], GenerationConfig, bool, int]:
+    """(prompt token ids, config, stream, prompt count) of a /v1/generate body, or a RequestError."""
+    from .app import RequestError
+    from .engine import check_text
+
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(
+            400, f'the body is not valid JSON ({exc}): send {{"prompt": "a text", "max_new_tokens": 32}}'
+        ) from None
+    if not isinstance(data, dict) or ("prompt" in data) == ("prompts" in data):
+        raise RequestError(
+            422, 'the body needs "prompt" (a text) or "prompts" (a list of texts): send {"prompt": "a text"}'
+        )
+    prompts = [data["prompt"]] if "prompt" in data else data["prompts"]
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise RequestError(422, '"prompt" must be a text and "prompts" a non-empty list of texts')
+    if len(prompts) > options.max_inputs:
+        raise RequestError(
+            413,
+            f'"prompts" holds {len(prompts)} prompts, over the limit of {options.max_inputs}: split the request, '
+            f"or start dsee-serve with a larger --max-inputs",
+        )
+    unknown = sorted(set(data) - {"prompt", "prompts", "stream", *PARAMETERS})
+    if unknown:
+        raise RequestError(
+            422, f'unknown field "{unknown[0]}": the fields are prompt(s), stream, {", ".join(PARAMETERS)}'
+        )
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(422, f'"stream" is {json.dumps(stream)}: send true or false')
+    for i, p in enumerate(prompts):
+        try:
+            check_text(p, f"prompts[{i}]")
+        except DSEEError as exc:
+            raise RequestError(422, str(exc)) from None
+        if len(p) > options.max_chars:
+            raise RequestError(
+                413,
+                f"prompts[{i}] has {len(p)} characters, over the limit of {options.max_chars}: shorten it, or "
+                f"start dsee-serve with a larger --max-chars",
+            )
+    values = {k: data[k] for k in PARAMETERS if k in data}
+    if isinstance(values.get("stop"), list):
+        values["stop"] = tuple(values["stop"])
+    try:
+        config = GenerationConfig(**values)
+        config.check()
+        ids = engine.prompt_ids(prompts, config)
+    except (DSEEError, TypeError) as exc:
+        raise RequestError(422, str(exc)) from None
+    return ids, config, stream, len(prompts)
