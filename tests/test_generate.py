@@ -265,3 +265,29 @@ def test_dsee_serve_generates_streams_the_same_tokens_and_batches_clients(lm_eng
     assert metric(metrics, 'dsee_request_errors_total{endpoint="generate"') == len(bad)
     runs = metric(metrics, "dsee_batch_size_count")
     assert runs < 3 + 16, f"{runs} decoding runs: the 16 concurrent clients were not batched"
+
+
+def test_dsee_bench_times_generation_with_and_without_the_cache_and_scores_perplexity(
+    lm, lm_engines, tmp_path
+):
+    plain = dd.export(lm["dense"], tmp_path / "plain", dd.ExportConfig(kv_cache=False))
+    assert plain.cache is None
+    config = dd.BenchConfig(batch_sizes=[1, 2], prompt_len=5, new_tokens=6, decode_rounds=3, threads=1)
+    config.eval_data = str(lm["corpus"])
+    results = dd.bench(
+        [f"s={lm_engines['root'] / 'structured'}"],
+        [f"dense={lm_engines['root'] / 'dense'}", f"plain={tmp_path / 'plain'}"],
+        config,
+        output=tmp_path / "bench",
+    ).data
+    gen = results["generation"]
+    rows = {(t["variant"], t["batch"]): t for t in gen["timings"]}
+    assert set(rows) == {(v, b) for v in ("dense", "plain", "s") for b in (1, 2)}
+    assert rows[("plain", 1)]["kv_cache"] == "none" and rows[("s", 1)]["kv_cache"] == "kv"
+    assert {(s["variant"], s["baseline"]) for s in gen["speedups"]} >= {("s", "dense"), ("s", "plain")}
+    ppl = results["perplexity"]
+    # One model with and without a cache scores the same text alike; the pruned one otherwise.
+    assert ppl["dense"]["perplexity"] == pytest.approx(ppl["plain"]["perplexity"], rel=1e-5)
+    assert ppl["s"]["perplexity"] != pytest.approx(ppl["dense"]["perplexity"], rel=1e-3)
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "## Generation: prompt 5 tokens, 6 new tokens" in report and "| plain | 1 | none |" in report

@@ -56,17 +56,29 @@ class BenchConfig:
         default=False,
         metadata={"help": "Also profile each ONNX engine at the first shape (time per operator type)."},
     )
+    prompt_len: int = field(
+        default=32, metadata={"help": "Causal-LM engines: prompt tokens per row of the generation timing."}
+    )
+    new_tokens: int = field(
+        default=64, metadata={"help": "Causal-LM engines: tokens generated per row (greedy, EOS ignored)."}
+    )
+    decode_rounds: int = field(
+        default=5,
+        metadata={"help": "Causal-LM engines: interleaved rounds of whole generations per batch size."},
+    )
     title: str = field(default="", metadata={"help": "The report's title."})
 
     def __post_init__(self) -> None:
         for flag, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens)):
             if not values or not all(isinstance(v, int) for v in values) or min(values) < 1:
                 raise ConfigError(f"{flag} must be positive integers, comma-separated (e.g. 1,8,32)")
-        for name in ("threads", "rounds", "warmup", "spin_us"):
+        for name in ("threads", "rounds", "warmup", "spin_us", "prompt_len", "new_tokens", "decode_rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} (a suite's {name}) must be a whole number, not {value!r}")
+        if min(self.prompt_len, self.new_tokens, self.decode_rounds) < 1:
+            raise ConfigError("--prompt-len, --new-tokens and --decode-rounds must be 1 or more")
         if self.rounds < 3 or self.threads < 1 or self.spin_us < 0:
             raise ConfigError("--rounds must be at least 3, --threads at least 1 and --spin-us 0 or more")
 

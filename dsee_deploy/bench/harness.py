@@ -64,6 +64,8 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
 
 
 def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
+    from ..tasks import CausalLM
+
     """Time `engines` against `baselines` (dsee-export directories, PATH or NAME=PATH); the results dict
     (schema in report.py)."""
     from tqdm.auto import tqdm
@@ -73,12 +75,20 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
     spin_us = spin_in_force(options.spin_us)
     variants = collect_variants(engines, baselines, options)
     primary = variants[0]
+    causal = primary.task == CausalLM.kind
+    if causal:  # generation is timed through the engines' own decoding loop: ONNX variants only
+        variants = [v for v in variants if v.kind == "onnxruntime"]
     eval_data = {}
-    if options.eval_data:  # read and checked before the timing, which takes minutes
+    if options.eval_data and causal:  # read and checked before the timing, which takes minutes
+        from .decode import read_texts
+
+        texts = read_texts(options.eval_data)
+    elif options.eval_data:
         from .accuracy import load_for
 
         eval_data = load_for(variants, options.eval_data, options.threads, spin_us)
-    shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
+    # A causal LM is timed generating text (bench/decode.py), not at encoder shapes.
+    shapes = [] if causal else [(b, s) for s in options.seq_lens for b in options.batch_sizes]
     results = {
         "schema": "dsee-bench/1",
         "title": options.title,
@@ -125,7 +135,19 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
                             "bound_achieved": up["median"] / bound,
                         }
                     )
-    if options.profile:
+    if causal:
+        from .decode import perplexity, time_generation
+
+        total = len(options.batch_sizes) * options.decode_rounds
+        with tqdm(total=total, desc="generation", unit="round") as bar:
+            results["generation"] = time_generation(variants, options, spin_us, progress=bar.update)
+        if options.eval_data:
+            results["perplexity"] = {
+                v.name: perplexity(v, texts, options.threads, spin_us)
+                for v in variants
+                if v.kind == "onnxruntime"
+            }
+    if options.profile and shapes:
         from .profile import profile
 
         batch, seq = shapes[0]

@@ -105,6 +105,7 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"| {t['variant']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
                 f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {bound} |"
             )
+    lines += _generation(results)
     lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
     lines += _targets(results)
     if "profile" in results:
@@ -121,6 +122,46 @@ def write_markdown(results: dict, path: Path) -> None:
                 lines.append(f"| {name} | {p['kernel_ms_per_run']:.2f} | {top} |")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def _generation(results: dict) -> list[str]:
+    """Causal-LM engines: prompt latency, generation throughput and speed-ups, and perplexity."""
+    gen = results.get("generation")
+    if not gen:
+        return []
+    baselines = [v["name"] for v in results["variants"] if v["baseline"]]
+    ppl = results.get("perplexity", {})
+    lines = [
+        "",
+        f"## Generation: prompt {gen['prompt_len']} tokens, {gen['new_tokens']} new tokens (greedy)",
+        "",
+        f"tokens/s = {gen['throughput']}; {gen['rounds']} interleaved rounds.",
+        "",
+        "| variant | batch | KV cache | prompt ms | generation ms | tokens/s | "
+        + " | ".join(f"x vs {b}" for b in baselines)
+        + (" | perplexity |" if ppl else " |"),
+        "| --- | ---: | --- | ---: | ---: | ---: | "
+        + " | ".join("---:" for _ in baselines)
+        + (" | ---: |" if ppl else " |"),
+    ]
+    for t in gen["timings"]:
+        ups = {
+            s["baseline"]: s
+            for s in gen["speedups"]
+            if (s["variant"], s["batch"]) == (t["variant"], t["batch"])
+        }
+        cells = [
+            f"{ups[b]['median']:.2f} ({ups[b]['min']:.2f}-{ups[b]['max']:.2f})" if b in ups else ""
+            for b in baselines
+        ]
+        p = ppl.get(t["variant"], {}).get("perplexity")
+        lines.append(
+            f"| {t['variant']} | {t['batch']} | {t['kv_cache']} | {t['prompt_ms']:.1f} | {t['generate_ms']:.0f} "
+            f"| {t['tokens_per_s']:.1f} | "
+            + " | ".join(cells)
+            + (f" | {p:.2f} |" if ppl and p else (" | |" if ppl else " |"))
+        )
+    return lines
 
 
 def _precision(results: dict, name: str) -> str:
@@ -180,6 +221,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+    if not results["timings"]:  # causal-LM engines: the generation table in report.md is the result
+        return written
     seqs = sorted({t["seq"] for t in results["timings"]})
     fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4), squeeze=False)
     for ax, seq in zip(axes[0], seqs, strict=True):

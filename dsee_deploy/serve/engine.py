@@ -59,8 +59,9 @@ class Engine:
             eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
             positions = self._spec.max_tokens(config) if config else None
             self._decoder = Decoder(session, eos, encoder.padding.id, positions)
-            self._prompts = _prompt_tokenizer(path)
             self._bos = config.get("bos_token_id")
+        if self._task.verb == "generate":  # prompts and texts to score: tokenized as they are
+            self._prompts = _prompt_tokenizer(path)
         self.feeds(*encoder.pad(encoder.encode(["a"])))  # refuses unknown inputs
 
     @classmethod
