@@ -12,6 +12,7 @@ GPT-2's own causal mask (the `bias` buffer, sliced by the past length) stays in 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -48,10 +49,13 @@ def cache_names(heads: list[int]) -> tuple[list[str], list[str]]:
 
 class _GraphCache:
     """transformers' Cache interface as the traced forward needs it: each attention hands its new keys and
-    values to `update` and attends to past + new; a layer without heads (a zero-width update) keeps nothing."""
+    values to `update`; a layer without heads (a zero-width update) keeps nothing. Unfused, `update` returns
+    past + new for transformers' own attention to use; fused, it returns the new ones alone, and the attention
+    (`_fused_attention`) hands them with the past to ONNX Runtime's MultiHeadAttention, which concatenates."""
 
-    def __init__(self, past: dict):
+    def __init__(self, past: dict, key_padding_mask=None, fused: bool = False):
         self.past, self.present = past, {}
+        self.key_padding_mask, self.fused = key_padding_mask, fused
 
     def get_seq_length(
         self, layer_idx: int = 0
@@ -61,7 +65,9 @@ class _GraphCache:
     def update(self, key, value, layer_idx, cache_kwargs=None):
         import torch
 
-        if key.shape[1] == 0:  # AttentionSkip: no heads, no cache
+        if (
+            key.shape[1] == 0 or self.fused
+        ):  # AttentionSkip: no heads, no cache; fused: the attention joins them
             return key, value
         past_key, past_value = self.past[layer_idx]
         key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
@@ -69,7 +75,76 @@ class _GraphCache:
         return key, value
 
 
-def _wrapper(model, heads: list[int]):
+_ACTIVE: list[_GraphCache] = []  # the cache of the forward being traced, for _fused_attention
+FUSED = "dsee_multihead_attention"  # the attention implementation registered with transformers for the trace
+
+
+@functools.cache
+def _mha_function():
+    """A torch.autograd.Function that computes causal attention over past + new keys in PyTorch (what the trace
+    runs) and exports as one com.microsoft MultiHeadAttention node (unidirectional, 2-D key padding mask, past
+    and present keys and values: its CPU kernel takes all of them)."""
+    import torch
+
+    class MultiHeadAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, query, key, value, mask, past_key, past_value, num_heads: int, scale: float):
+            batch, seq, width = query.shape
+
+            def split(x):  # (B, S, N*H) -> (B, N, S, H)
+                return x.view(batch, seq, num_heads, width // num_heads).transpose(1, 2)
+
+            keys, values = torch.cat([past_key, split(key)], 2), torch.cat([past_value, split(value)], 2)
+            past = past_key.shape[2]
+            causal = torch.arange(past + seq)[None, :] <= (past + torch.arange(seq))[:, None]
+            allowed = causal[None, None] & mask[:, None, None, :].bool()
+            weights = (split(query) @ keys.transpose(-1, -2)) * scale
+            weights = weights.masked_fill(~allowed, torch.finfo(weights.dtype).min).softmax(-1)
+            return (weights @ values).transpose(1, 2).reshape(batch, seq, width), keys, values
+
+        @staticmethod
+        def symbolic(g, query, key, value, mask, past_key, past_value, num_heads, scale):
+            none = g.op("prim::Constant")  # an absent optional input: exported as ""
+            none.setType(torch._C.OptionalType.ofTensor())
+            return g.op(
+                "com.microsoft::MultiHeadAttention",
+                query,
+                key,
+                value,
+                none,  # bias (already in the projections)
+                mask,  # key padding mask: (batch, past + new), 1 for real tokens
+                none,  # attention bias
+                past_key,
+                past_value,
+                num_heads_i=num_heads,
+                unidirectional_i=1,
+                scale_f=scale,
+                outputs=3,
+            )
+
+    return MultiHeadAttention
+
+
+def _fused_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' attention interface: query, key and value (B, N, S, H) of new tokens in, (B, S, N, H) out."""
+    cache = _ACTIVE[-1]
+    heads, size = int(module.num_heads), int(module.head_dim)  # static: traced shapes would be tensors
+    scale = 1.0 / size**0.5 if module.scale_attn_weights else 1.0
+    if module.scale_attn_by_inverse_layer_idx:
+        scale /= float(module.layer_idx + 1)
+    past_key, past_value = cache.past[module.layer_idx]
+
+    def flat(x):  # (B, N, S, H) -> (B, S, N*H)
+        return x.transpose(1, 2).flatten(2)
+
+    out, keys, values = _mha_function().apply(
+        flat(query), flat(key), flat(value), cache.key_padding_mask, past_key, past_value, heads, scale
+    )
+    cache.present[module.layer_idx] = (keys, values)
+    return out.unflatten(-1, (heads, size)), None
+
+
+def _wrapper(model, heads: list[int], fused: bool):
     import torch
     from torch import nn
 
@@ -81,25 +156,33 @@ def _wrapper(model, heads: list[int]):
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = _GraphCache({i: (past[2 * j], past[2 * j + 1]) for j, i in enumerate(layers)})
+            past = {i: (past[2 * j], past[2 * j + 1]) for j, i in enumerate(layers)}
+            cache = _GraphCache(past, attention_mask.to(torch.int32), fused)
             # Padding as an additive mask over past + new keys; GPT-2's eager attention adds its causal mask.
             keep = attention_mask[:, None, None, :].to(torch.float32)
             mask = (1.0 - keep) * torch.finfo(torch.float32).min
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-                return_dict=True,
-            )
+            _ACTIVE.append(cache)
+            try:
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                    return_dict=True,
+                )
+            finally:
+                _ACTIVE.pop()
             return (out.logits, *[t for i in layers for t in cache.present[i]])
 
     return DecoderWithPast().eval()  # torch.onnx.export restores the mode it found, recursively
 
 
-def export_decoder(model, tokenizer, out: Path, opset: int = 17) -> Path:
-    """Write `out`/model.onnx, the decoder with a KV cache, with the tokenizer and config beside it."""
+def export_decoder(model, tokenizer, out: Path, opset: int = 17, fused: bool = True) -> Path:
+    """Write `out`/model.onnx, the decoder with a KV cache, with the tokenizer and config beside it. `fused`:
+    each layer's attention is one ONNX Runtime MultiHeadAttention node (ORT's own GPT-2 fusion matches only the
+    legacy export with one stacked past per layer, not this graph); else transformers' eager attention, traced
+    op by op (any ONNX runtime runs it)."""
     import torch
 
     heads = cache_heads(model)
@@ -107,7 +190,12 @@ def export_decoder(model, tokenizer, out: Path, opset: int = 17) -> Path:
     past_names, present_names = cache_names(heads)
     model.eval()
     previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"  # the attention ORT's GPT-2 fusion knows, and it traces as is
+    if fused:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(FUSED, _fused_attention)
+    # eager: transformers' attention traced as it is (no mask code of its own runs with our 4-D mask).
+    model.config._attn_implementation = FUSED if fused else "eager"
     try:
         batch, seq, past_len = 2, 3, 4
         ids = torch.randint(0, model.config.vocab_size, (batch, seq))
@@ -129,7 +217,7 @@ def export_decoder(model, tokenizer, out: Path, opset: int = 17) -> Path:
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             torch.onnx.export(
-                _wrapper(model, heads),
+                _wrapper(model, heads, fused),
                 (ids, mask, positions, *past),
                 str(path),
                 input_names=[*INPUTS, *past_names],
@@ -140,6 +228,7 @@ def export_decoder(model, tokenizer, out: Path, opset: int = 17) -> Path:
                 # weights for GPT-2 small); ONNX Runtime folds the rest when it loads the graph.
                 do_constant_folding=False,
                 dynamo=False,
+                custom_opsets={"com.microsoft": 1},
             )
     finally:
         model.config._attn_implementation = previous

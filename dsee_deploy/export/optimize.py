@@ -10,6 +10,8 @@ SkipLayerNormFusion does not merge them again at load time. GPU targets keep the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -42,14 +44,17 @@ def optimize_for_cpu(path: Path, ort_model_type: str, fuse_skip_layernorm: bool 
         # num_heads=0, hidden_size=0: detect both per Attention from the graph, as they differ between layers.
         # opt_level=0: the fusions are done here in Python; ONNX Runtime's own constant folding (level 1) would
         # store Transpose(tied embedding) as a second copy of the embedding for GPT-2's LM head.
-        model = optimize_model(
-            str(path),
-            model_type=ort_model_type,
-            num_heads=0,
-            hidden_size=0,
-            opt_level=0,
-            optimization_options=options,
-        )
+        # Its shape inference prints "failed in shape inference" on stdout for contrib ops it has no rule for
+        # (the decoder's MultiHeadAttention) and carries on without those shapes, which the fusions do not need.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = optimize_model(
+                str(path),
+                model_type=ort_model_type,
+                num_heads=0,
+                hidden_size=0,
+                opt_level=0,
+                optimization_options=options,
+            )
     finally:
         logging.disable(logging.NOTSET)
     guarded = 0 if fuse_skip_layernorm else _guard_residual_layernorms(model.model)
