@@ -112,9 +112,15 @@ class ArchSpec:
             "input_ids": ids,
             "attention_mask": mask,
             "token_type_ids": np.zeros_like(ids) if type_ids is None else type_ids,
-            "position_ids": np.maximum(mask.cumsum(1) - 1, 0),
+            "position_ids": position_ids(mask),
         }
         return {name: tensors[name] for name in names}
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """Positions of right- or left-padded rows: real tokens count from 0, padding gets 0 (and is masked). The one
+    rule, for encoders' feeds and for a decoder's prompt (its later tokens continue from the last position)."""
+    return np.maximum(mask.cumsum(1) - 1, 0)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

@@ -15,10 +15,11 @@ import math
 
 import numpy as np
 
+from ..architectures import get_spec
 from ..runtime.generate import Decoder, GenerationConfig, has_cache
 
 
-def generator(session, prompts: np.ndarray, new_tokens: int):
+def generator(session, prompts: np.ndarray, new_tokens: int, architecture: str = "gpt2"):
     """(prompt run, whole generation) as no-argument calls on `session`, with or without a KV cache."""
     rows = prompts.tolist()
     if has_cache(session):
@@ -26,11 +27,10 @@ def generator(session, prompts: np.ndarray, new_tokens: int):
         once, whole = GenerationConfig(max_new_tokens=1), GenerationConfig(max_new_tokens=new_tokens)
         return (lambda: list(decoder.steps(rows, once))), (lambda: list(decoder.steps(rows, whole)))
     names = [i.name for i in session.get_inputs()]
+    spec = get_spec(architecture)
 
     def run(ids: np.ndarray) -> np.ndarray:
-        mask = np.ones_like(ids)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.cumsum(mask, 1) - 1}
-        return session.run(["logits"], {n: feeds[n] for n in names})[0]
+        return session.run(["logits"], spec.feeds(names, ids, np.ones_like(ids)))[0]
 
     def whole():
         ids = prompts
@@ -83,7 +83,7 @@ def time_generation(variants, options, spin_us: int, progress=None) -> dict:
         calls = {}
         for v in variants:
             session = _session(v.path, options.threads, v.provider, spin_us)
-            calls[v.name] = generator(session, prompts, options.new_tokens)
+            calls[v.name] = generator(session, prompts, options.new_tokens, v.architecture)
         prompt = interleave({k: c[0] for k, c in calls.items()}, options.decode_rounds, 1, 0.1)
         whole = rounds({k: c[1] for k, c in calls.items()}, options.decode_rounds, progress)
         for v in variants:

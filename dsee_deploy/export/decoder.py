@@ -203,10 +203,8 @@ def export_decoder(model, tokenizer, out: Path, opset: int = 17, fused: bool = T
         positions = torch.arange(past_len, past_len + seq).expand(batch, -1)
         past = [torch.randn(batch, h, past_len, head_size) for h in heads if h for _ in ("key", "value")]
         axes = {
-            "input_ids": {0: "batch_size", 1: "sequence_length"},
+            **{n: {0: "batch_size", 1: "sequence_length"} for n in ("input_ids", "position_ids", "logits")},
             "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-            "position_ids": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size", 1: "sequence_length"},
             **{n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names},
             **{n: {0: "batch_size", 2: "total_sequence_length"} for n in present_names},
         }
@@ -260,11 +258,13 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
     import torch
     from transformers import GenerationConfig
 
+    from ..architectures import get_spec
     from ..runtime import make_session
     from ..runtime.generate import Decoder
     from ..runtime.generate import GenerationConfig as Sampling
     from .validate import ValidationError
 
+    spec = get_spec(model.config.model_type)
     session = make_session(path, providers=["CPUExecutionProvider"])
     decoder = Decoder(session, [], model.config.pad_token_id or 0, None)
     c = decoder.cache
@@ -277,21 +277,14 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
         ids = rng.integers(5, vocab, size=(batch, total), dtype=np.int64)
         mask = np.ones((batch, total), np.int64)
         mask[1:, : prompt // 3] = 0  # left padding on all but the first row
-        positions = np.clip(mask.cumsum(1) - 1, 0, None)
+        whole = spec.feeds(INPUTS, ids, mask)  # the whole sequence, as PyTorch sees it
         with torch.no_grad():
-            want = model(
-                input_ids=torch.from_numpy(ids),
-                attention_mask=torch.from_numpy(mask),
-                position_ids=torch.from_numpy(positions),
-            ).logits.numpy()
+            want = model(**{k: torch.from_numpy(v) for k, v in whole.items()}).logits.numpy()
         past = [np.zeros((batch, h, 0, c.head_size), c.dtype) for h in c.heads]
         for start, stop in ((0, prompt), (prompt, prompt + more), (prompt + more, total)):
-            feeds = {
-                "input_ids": ids[:, start:stop],
-                "attention_mask": mask[:, :stop],
-                "position_ids": positions[:, start:stop],
-                **dict(zip(c.past, past, strict=True)),
-            }
+            # The same, cut into a prompt and later runs: new tokens and their positions, mask up to them.
+            feeds = {k: v[:, :stop] if k == "attention_mask" else v[:, start:stop] for k, v in whole.items()}
+            feeds.update(zip(c.past, past, strict=True))
             logits, *past = session.run(None, feeds)
             real = mask[:, start:stop].astype(bool)
             diff = float(np.abs(logits.astype(np.float32) - want[:, start:stop])[real].max())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..architectures import position_ids
 from ..errors import DSEEError
 
 
@@ -121,7 +122,7 @@ class Decoder:
         mask = np.zeros((batch, width), np.int64)
         for row, p in enumerate(prompts):
             ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
-        positions = np.clip(mask.cumsum(1) - 1, 0, None)
+        positions = position_ids(mask)
         rng = np.random.Generator(np.random.PCG64(config.seed)) if config.do_sample else None
         c = self.cache
         past = [
