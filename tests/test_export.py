@@ -40,12 +40,16 @@ def test_export_validates_and_holds_the_pruned_parameters(
     manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
     assert returned.to_dict() == manifest  # the verb returns what it wrote
     checks = manifest["validation"]["checks"]
+    decoder = model_type == "gpt2"  # a causal LM: the KV-cache decoder, 3 runs at each of 2 shapes
     assert (
         manifest["validation"]["passed"]
-        and len(checks) == 3
+        and len(checks) == (6 if decoder else 3)
         and all(c["max_abs_diff"] <= 1e-4 for c in checks)
     )
-    assert manifest["outputs"] == ["logits"] and manifest["inputs"][:2] == ["input_ids", "attention_mask"]
+    assert manifest["outputs"][0] == "logits" and manifest["inputs"][:2] == ["input_ids", "attention_mask"]
+    assert all(o.startswith("present.") for o in manifest["outputs"][1:]) and (
+        decoder or len(manifest["outputs"]) == 1
+    )
     assert {"model.onnx", "config.json"} <= set(manifest["files"])
     assert manifest["parameters"]["torch"] == torch_params
     optimization = manifest["optimization"]
@@ -59,8 +63,9 @@ def test_export_validates_and_holds_the_pruned_parameters(
             optimization["skip_layernorm"].startswith("unfused")
             and optimization["fused"]["LayerNormalization"] >= 4
         )
-    else:  # GPT-2 without a KV cache: ONNX Runtime fuses the norms and GELU, not attention, and says so
-        assert "Attention" not in optimization["fused"] and "run unfused" in optimization["note"]
+    else:  # GPT-2's KV-cache decoder: one MultiHeadAttention per layer that keeps heads, none elsewhere
+        assert optimization["fused"].get("MultiHeadAttention", 0) == layers_with_heads
+        assert "Attention" not in optimization["fused"] and "fused in all" in optimization["note"]
     # The graph holds the merged model's parameters (the head's zero-initialised biases may be stored once, and a
     # few scalar constants are added), so the pruned count, not the dense one.
     assert abs(manifest["parameters"]["onnx"] - torch_params) <= 64

@@ -44,7 +44,7 @@ def negate_one_weight(model_path) -> None:
     model = onnx.load(str(model_path))
     init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     array = numpy_helper.to_array(init).copy()
-    array.flat[0] = -array.flat[0]
+    array = -array  # all of it: one entry may sit in a row no input reads (the padding token's embedding)
     init.CopyFrom(numpy_helper.from_array(array, init.name))
     onnx.save(model, str(model_path))
 

@@ -323,18 +323,50 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
         )[:, width:].numpy()
     hf_logging.set_verbosity(verbosity)
     got = np.stack(list(decoder.steps(prompts, Sampling(max_new_tokens=GREEDY_TOKENS))), axis=1)
+    # generate() may still end a row at the model's own EOS (its generation config) and pad it from there:
+    # a row is compared up to and including its first EOS.
+    eos = model.generation_config.eos_token_id
+    for e in [] if eos is None else [eos] if isinstance(eos, int) else eos:
+        for row, step in zip(*np.nonzero(want == e), strict=True):
+            want[row, step + 1 :] = (
+                got[row, step + 1 :] if (want[row, :step] == got[row, :step]).all() else want[row, step + 1 :]
+            )
     same_rows = int((got == want).all(1).sum())
+    ties = _ties(model, prompts, want, got, pad, atol)
     greedy = {
         "prompt_lengths": list(lengths),
         "new_tokens": GREEDY_TOKENS,
         "identical_rows": f"{same_rows}/{len(prompts)}",
         "token_agreement": f"{int((got == want).sum())}/{want.size}",
     }
-    if atol is not None and same_rows != len(prompts):
+    if ties:
+        greedy["diverged_at_ties"] = ties
+    if atol is not None and same_rows + len(ties) != len(prompts):
         failures.append(
-            f"  greedy     {len(prompts) - same_rows} of {len(prompts)} prompts decode other tokens than "
-            f"transformers' generate"
+            f"  greedy     {len(prompts) - same_rows - len(ties)} of {len(prompts)} prompts decode other tokens "
+            f"than transformers' generate (not at a tie of their logits)"
         )
     if failures:
         raise ValidationError("ONNX decoder does not match PyTorch:\n" + "\n".join(failures))
     return {"passed": True, "atol": atol, "checks": checks, "greedy": greedy}
+
+
+def _ties(model, prompts, want, got, pad: int, atol: float | None) -> list[dict]:
+    """Rows where the engine's greedy tokens part from transformers' at a tie: at the first step where they
+    differ, PyTorch's logits for its own token and for the engine's are within `atol` (the fp32 tolerance), so
+    either choice is right and the rest of the row follows from it. (Untrained models have nearly flat logits:
+    ties are common there, and never a sign of a wrong graph.)"""
+    import torch
+
+    ties = []
+    if atol is None:
+        return ties
+    for row in np.flatnonzero((got != want).any(1)):
+        step = int(np.argmax(got[row] != want[row]))
+        ids = torch.tensor([list(prompts[row]) + want[row, :step].tolist()])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1]
+        margin = float(logits[int(want[row, step])] - logits[int(got[row, step])])
+        if abs(margin) <= atol:
+            ties.append({"prompt": int(row), "step": step, "logit_margin": margin})
+    return ties
