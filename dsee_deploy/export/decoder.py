@@ -326,11 +326,12 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
     # generate() may still end a row at the model's own EOS (its generation config) and pad it from there:
     # a row is compared up to and including its first EOS.
     eos = model.generation_config.eos_token_id
-    for e in [] if eos is None else [eos] if isinstance(eos, int) else eos:
-        for row, step in zip(*np.nonzero(want == e), strict=True):
-            want[row, step + 1 :] = (
-                got[row, step + 1 :] if (want[row, :step] == got[row, :step]).all() else want[row, step + 1 :]
-            )
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    for row in range(len(want)):
+        ended = np.flatnonzero(np.isin(want[row], eos))
+        stop = int(ended[0]) + 1 if ended.size else len(want[row])
+        if (want[row, :stop] == got[row, :stop]).all():  # what follows transformers' EOS is its padding
+            want[row, stop:] = got[row, stop:]
     same_rows = int((got == want).all(1).sum())
     ties = _ties(model, prompts, want, got, pad, atol)
     greedy = {
