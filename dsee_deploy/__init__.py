@@ -8,7 +8,9 @@ The pipeline is four verbs, each taking its inputs and a config dataclass and re
     manifest = dd.export("runs/sst2-s", "engines/sst2-s", dd.ExportConfig(quantize="int8"))  # Manifest
     results = dd.bench(["engines/sst2-s"], ["engines/dense"], dd.BenchConfig(rounds=5))      # BenchResults
 
-`tune`, `prune`, `load_merged` and `load_dsee` need the `tune` extra (torch, transformers), `export` the
+A PEFT LoRA adapter directory is taken wherever a checkpoint is, and `dd.to_peft(checkpoint, out)` writes one.
+
+`tune`, `prune`, `load_merged`, `load_dsee` and `to_peft` need the `tune` extra (torch, transformers), `export` the
 `export` extra too; importing the package needs neither, and `bench` on engines needs only the core.
 """
 
@@ -96,6 +98,17 @@ def load_dsee(checkpoint, base_model=None):
     return _load_dsee(checkpoint, base_model)
 
 
+def to_peft(checkpoint, output, base_model=None, overwrite: bool = False) -> Path:
+    """Write a DSEE checkpoint without sparse entries as a PEFT LoRA adapter directory (needs `peft`); see
+    dsee_deploy.interop.peft.to_peft. A PEFT adapter directory goes the other way wherever a checkpoint goes."""
+    from .errors import require_extra
+
+    require_extra("tune", "torch", "transformers", "safetensors")
+    from .interop.peft import to_peft as _to_peft
+
+    return _to_peft(checkpoint, output, base_model, overwrite)
+
+
 _LAZY = {
     # The configs and results of the torch side, imported when first named (the 'tune' extra).
     "DSEEConfig": ("tuning.config", "DSEEConfig"),
@@ -133,5 +146,6 @@ __all__ = [
     "load_dsee",
     "load_merged",
     "prune",
+    "to_peft",
     "tune",
 ]

@@ -53,6 +53,11 @@ class CheckpointInfo:
 def recorded_base(checkpoint: str | Path | None) -> str | None:
     """The base model a checkpoint records (None when it records none or cannot be read): an input of every
     command that loads the checkpoint, which its output must stay clear of."""
+    from .interop.peft import is_peft_adapter
+    from .interop.peft import recorded_base as adapter_base
+
+    if checkpoint is not None and is_peft_adapter(checkpoint):
+        return adapter_base(checkpoint)
     try:
         return json.loads((Path(checkpoint) / CONFIG_FILE).read_text())["base_model"]["name_or_path"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -144,11 +149,16 @@ def read_checkpoint_info(checkpoint: str | Path) -> dict:
 
 
 def load_dsee(checkpoint: str | Path, base_model: str | None = None):
-    """(model, tokenizer, info): the base model with the DSEE updates loaded, not merged."""
+    """(model, tokenizer, info): the base model with the DSEE updates loaded, not merged. A PEFT LoRA adapter
+    directory loads as a checkpoint without sparse entries (interop.peft)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .interop.peft import is_peft_adapter, load_peft_adapter
+
     ckpt = Path(checkpoint)
+    if is_peft_adapter(ckpt):
+        return load_peft_adapter(ckpt, base_model)
     info = read_checkpoint_info(ckpt)
     get_spec(info["architecture"])
     task = Task.from_dict(info["task"])

@@ -227,8 +227,9 @@ def randomize_updates(model, seed=0):
                 u.sparse_values.copy_(torch.randn(u.sparse_values.shape, generator=gen))
 
 
-def make_checkpoint(model_type: str, base, out, seed: int = 0):
-    """A checkpoint with random (trained-looking) updates, and the in-memory model it was saved from."""
+def make_checkpoint(model_type: str, base, out, seed: int = 0, **dsee):
+    """A checkpoint with random (trained-looking) updates, and the in-memory model it was saved from; `dsee`
+    overrides the DSEE options (rank 4, alpha 8, N 6, the architecture's targets)."""
     task = (
         Task(CausalLM.kind)
         if get_spec(model_type).decoder
@@ -237,7 +238,7 @@ def make_checkpoint(model_type: str, base, out, seed: int = 0):
     config = load_config(str(base), task)
     model, info = load_model(str(base), config, task)
     sha = base_weights_sha256(model, info["missing_keys"])
-    dsee = DSEEConfig(rank=4, alpha=8, num_sparse=6, seed=seed)
+    dsee = DSEEConfig(**(dict(rank=4, alpha=8, num_sparse=6, seed=seed) | dsee))
     inject_dsee(model, dsee)
     train_head(model, info["missing_keys"])
     randomize_updates(model, seed)

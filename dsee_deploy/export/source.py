@@ -24,14 +24,20 @@ class Source:
 
 def load_source(src: Path, config, base_model: str | None = None) -> Source:
     """The model as tuned (merged, shrunk, in fp32), its tokenizer, task and pruning record."""
-    from ..checkpoint import CONFIG_FILE, load_merged, read_checkpoint_info, read_pruning
+    from ..checkpoint import CONFIG_FILE, load_dsee, load_merged, read_checkpoint_info, read_pruning
+    from ..interop.peft import is_peft_adapter
+    from ..tuning import unwrap_dsee
     from .pooling import pooling_of, sentence_encoder
 
-    if not (src / "config.json").is_file():
+    if is_peft_adapter(src):
+        model, tokenizer, info = load_dsee(src, base_model)
+        model, task, pruning = unwrap_dsee(model), Task.from_dict(info["task"]), None
+        base_dir = _local_dir(info["base_model"]["name_or_path"])
+    elif not (src / "config.json").is_file():
         raise DSEEError(
             f"'{src}' is neither a dsee-tune checkpoint nor a transformers model directory (no config.json)"
         )
-    if (src / CONFIG_FILE).is_file():
+    elif (src / CONFIG_FILE).is_file():
         info = read_checkpoint_info(src)
         model, tokenizer = load_merged(src, base_model)
         task, pruning = Task.from_dict(info["task"]), read_pruning(src)

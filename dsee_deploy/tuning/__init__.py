@@ -3,6 +3,7 @@
 from .config import DSEEConfig
 from .layer import DSEELayer, DSEEUpdate, projection_shape
 from .model import (
+    add_sparse,
     count_parameters,
     dsee_layers,
     inject_dsee,
@@ -14,6 +15,7 @@ from .model import (
 from .support import choose_support, grebsmo_residual
 
 __all__ = [
+    "add_sparse",
     "DSEEConfig",
     "DSEELayer",
     "DSEEUpdate",

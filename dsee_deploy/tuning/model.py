@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..architectures import ArchSpec, get_module, get_spec, set_module
+from ..architectures import TARGETS, ArchSpec, get_module, get_spec, set_module
 from ..errors import DSEEError
 from .config import DSEEConfig
 from .layer import DSEELayer
@@ -65,6 +65,40 @@ def inject_dsee(
                     )
                 )
     return model
+
+
+@torch.no_grad()
+def add_sparse(model: nn.Module, config: DSEEConfig, spec: ArchSpec | None = None) -> int:
+    """Give every update that has no sparse entries (a LoRA adapter's) config.num_sparse of them, at zero,
+    on the support inject_dsee would choose: the model's function is unchanged, and S trains from here on.
+    Returns the number of updates given a support."""
+    spec = spec or get_spec(model.config.model_type)
+    given = 0
+    for i, block in enumerate(spec.blocks(model)):
+        for target in _targets_of(block, spec):
+            layer = get_module(block, spec.site(target).path)
+            update = layer.updates[target]
+            if update.sparse_values.numel() or not config.num_sparse:
+                continue
+            weight = layer.out_in_weight[update.rows]
+            count = min(config.num_sparse, weight.numel())
+            gen = _generator(config.seed, f"{i}.{target}")
+            indices = choose_support(
+                weight, count, config.sparse_init, gen, config.grebsmo_rank, config.grebsmo_threshold
+            )
+            update.set_sparse(indices, torch.zeros(count))
+            given += 1
+    return given
+
+
+def _targets_of(block: nn.Module, spec: ArchSpec) -> list[str]:
+    """The logical targets of `block` that hold a DSEE update."""
+    found = []
+    for target in TARGETS:
+        layer = get_module(block, spec.site(target).path)
+        if isinstance(layer, DSEELayer) and target in layer.updates:
+            found.append(target)
+    return found
 
 
 def train_head(model: nn.Module, missing_keys: list[str]) -> None:

@@ -97,7 +97,7 @@ def tune(
             f"--teacher '{config.teacher}' is not a directory: pass a dsee-tune or transformers model"
         )
     if resume:
-        run, data = resume_run(resume, base_model, train, eval, test, config)
+        run, data = resume_run(resume, base_model, train, eval, test, config, dsee)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
     session = Session(run, config, prune)
@@ -129,6 +129,8 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
         train_raw = train_raw.select(range(min(config.max_train_samples, len(train_raw))))
     if eval_raw is not None and config.max_eval_samples:
         eval_raw = eval_raw.select(range(min(config.max_eval_samples, len(eval_raw))))
+    if fixed_task is not None and fixed_task.spec.labelled and fixed_task.text_column is None:
+        fixed_task = columns_for(fixed_task, train_raw, train, config)  # a PEFT adapter names no columns
     if fixed_task is not None:
         task = replace(fixed_task, metric=config.metric) if config.metric else fixed_task
     elif kind != "auto" and get_task(kind).language_model:
@@ -162,6 +164,24 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
     )
 
 
+def columns_for(task, train_raw, train: str, config: TuneConfig):
+    """`task` (a PEFT adapter's: labels, no columns) with the columns of the data it is tuned on, whose labels
+    must be the adapter's."""
+    from ..data import label_names_of, resolve_columns
+
+    text, pair, label = resolve_columns(
+        train_raw, train, config.text_column, config.text_pair_column, config.label_column
+    )
+    if task.label_names:
+        found = label_names_of(train_raw, label)
+        if found != list(task.label_names):
+            raise DSEEError(
+                f"the adapter predicts labels {list(task.label_names)}, but '{train}' has {found}: write the "
+                f"labels as the adapter's label ids, or save a config.json with id2label beside the adapter"
+            )
+    return replace(task, text_column=text, text_pair_column=pair, label_column=label)
+
+
 def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConfig) -> tuple[Run, Data]:
     from ..architectures import get_spec
     from ..models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
@@ -193,12 +213,22 @@ def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConf
     return run, data
 
 
-def resume_run(checkpoint, base_model, train, eval, test, config: TuneConfig) -> tuple[Run, Data]:
+def resume_run(
+    checkpoint, base_model, train, eval, test, config: TuneConfig, dsee: DSEEConfig | None = None
+) -> tuple[Run, Data]:
+    """Continue from a checkpoint. A PEFT LoRA adapter continues as DSEE: its updates get `dsee`'s sparse
+    part (N entries each, at zero, on `dsee`'s support; --num-sparse 0 keeps it a LoRA)."""
     from ..checkpoint import MASKS_FILE, load_dsee
     from ..data import Task
+    from ..interop.peft import METHOD as PEFT_METHOD
     from ..pruning import load_masks
+    from . import add_sparse
 
     model, tokenizer, info = load_dsee(checkpoint, base_model)
+    if info.get("method") == PEFT_METHOD and dsee is not None and dsee.num_sparse:
+        add_sparse(model, dsee)
+        chosen = ("num_sparse", "sparse_init", "grebsmo_rank", "grebsmo_threshold")
+        info["dsee"] = {**info["dsee"], **{k: getattr(dsee, k) for k in chosen}}
     trainable = set(info["trainable"])
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
