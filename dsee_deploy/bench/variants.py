@@ -169,13 +169,15 @@ _MODELS: dict[str, object] = {}
 
 
 def load_torch(source: Path, kind: str):
+    from ..interop.peft import is_peft_adapter
+
     key = f"{kind}:{source}"
     if key not in _MODELS:
         if kind == "pytorch + DSEE branch":
             from ..checkpoint import load_dsee
 
             model = load_dsee(source)[0]
-        elif (source / "dsee_config.json").is_file():
+        elif (source / "dsee_config.json").is_file() or is_peft_adapter(source):
             from ..checkpoint import load_merged
 
             model = load_merged(source)[0]

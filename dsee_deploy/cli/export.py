@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "checkpoint", help="A dsee-tune / dsee-prune checkpoint, or a transformers model directory."
+        "checkpoint",
+        help="A dsee-tune / dsee-prune checkpoint, a PEFT LoRA adapter directory, or a transformers model directory.",
     )
     p.add_argument(
         "--output",
@@ -28,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         "repository (the model goes to OUTPUT/NAME).",
     )
     p.add_argument("--overwrite", action="store_true", help="Replace the output if it exists.")
-    p.add_argument("--base-model", help="Base model, where the checkpoint's recorded one moved.")
+    p.add_argument(
+        "--base-model",
+        help="Base model, where the checkpoint's recorded one moved (a PEFT adapter's, offline).",
+    )
     add_fields(p, ExportConfig)
     return p
 

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune a DSEE checkpoint (then re-tune it with dsee-tune --resume), or --report what was pruned.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="A dsee-tune checkpoint directory.")
+    p.add_argument("checkpoint", help="A dsee-tune checkpoint directory, or a PEFT LoRA adapter directory.")
     p.add_argument("--output", help="Where to write the pruned checkpoint.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     p.add_argument(
@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--train", help="Data for taylor importance (default: the data the checkpoint was tuned on)."
     )
     p.add_argument("--batch-size", type=int, default=32, help="Batch size for taylor importance.")
-    p.add_argument("--base-model", help="Base model, where the checkpoint's recorded one moved.")
+    p.add_argument(
+        "--base-model",
+        help="Base model, where the checkpoint's recorded one moved (a PEFT adapter's, offline).",
+    )
     # Imported here, not at the top: without the 'tune' extra, prune() names the extra to install.
     from ..pruning.config import PruneConfig
 

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output", required=True, help="Checkpoint directory to write.")
     io.add_argument(
         "--resume",
-        help="Continue from a dsee-tune / dsee-prune checkpoint (its model, DSEE config, task, pruning).",
+        help="Continue from a dsee-tune / dsee-prune checkpoint (its model, DSEE config, task, pruning), or from a "
+        "PEFT LoRA adapter directory (as DSEE: --num-sparse entries are added to each update, 0 keeps it a LoRA).",
     )
     io.add_argument("--base-model", help="With --resume: the base model, where the recorded one moved.")
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
