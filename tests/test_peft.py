@@ -286,3 +286,18 @@ def test_tune_resumes_an_adapter_as_dsee_with_a_sparse_part(tiny_bases, sst_like
     updates = [u for _, layer in dsee_layers(model) for u in layer.updates.values()]
     assert all(u.sparse_values.numel() == 8 for u in updates)
     assert any(u.sparse_values.abs().max() > 0 for u in updates)  # S trained from zero
+
+
+def test_to_peft_of_a_peft_adapter_round_trips(tiny_bases, tmp_path):
+    """An adapter read in and written out again (no config.json of its own) is the same adapter to PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    base = tiny_bases["bert"]
+    pm = save_adapter("bert", base, tmp_path / "adapter")
+    dd.to_peft(tmp_path / "adapter", tmp_path / "again")
+    fresh = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "again").eval()
+    batch = batch_for(load_tokenizer(str(base)))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, pm.eval()(**batch).logits, **SAME_FUNCTION)

@@ -17,6 +17,7 @@ rows of A and zero columns of B), and B carries s_module / s_dsee, so s_dsee B' 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -342,7 +343,7 @@ def to_peft(
 
     from ..checkpoint import MASKS_FILE, load_dsee
     from ..errors import require_extra
-    from ..models import load_config, load_model, resolve_model
+    from ..models import load_model, resolve_model
     from ..outputs import Output
     from ..tuning import DSEEConfig, dsee_layers
 
@@ -396,7 +397,7 @@ def to_peft(
     )
     base_ref = info["base_model"]["name_or_path"]
     base_path = resolve_model(base_model or base_ref)
-    fresh, _ = load_model(base_path, load_config(str(ckpt), task), task)
+    fresh, _ = load_model(base_path, copy.deepcopy(model.config), task)  # the model's own labels and task
     trained = {n: t for n, t in model.state_dict().items() if n in set(info["trainable"])}
     fresh.load_state_dict(trained, strict=False)
     # Exact module names, escaped: PEFT matches pattern keys as regexes on the names' dotted tails.
