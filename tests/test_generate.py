@@ -195,6 +195,25 @@ def test_int8_and_no_cache_exports_of_a_causal_lm(lm, tmp_path, capsys):
         Engine.load(plain).generate(["a"])
 
 
+def test_int4_export_of_a_causal_lm_quantizes_every_projection(lm, tmp_path, capsys):
+    out = tmp_path / "int4"
+    code, _, err = run_cli(export, [lm["structured"], "--output", out, "--quantize", "int4"], capsys)
+    assert code == 0, err
+    manifest = Manifest.read(out)
+    assert manifest.precision == "int4" and manifest.validation_reduced["greedy"]["new_tokens"] > 0
+    # every projection with weights and the tied LM head are 4-bit; nothing stays an fp32 MatMul or Gemm
+    assert manifest.quantization["quantized"]["MatMulNBits"] > 0
+    assert manifest.quantization["left_fp32"] == {"MatMul": 0, "Gemm": 0}
+    assert len(Engine.load(out).generate(PROMPTS, max_new_tokens=8)) == 4
+
+
+def test_int4_is_refused_for_an_encoder(tiny_bases, tmp_path, capsys):
+    code, _, err = run_cli(
+        export, [tiny_bases["bert"], "--output", tmp_path / "e", "--quantize", "int4"], capsys
+    )
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "use --quantize int8" in err
+
+
 def _post(port: int, body: dict | bytes):
     """(status, headers, body text) of POST /v1/generate; http.client reads a chunked (streamed) body whole."""
     import http.client

@@ -1,7 +1,7 @@
 """Decode speed of GPT-2 engines: GPT-2-small geometry (12 layers, 12 heads, 768 hidden, 3072 FFN, 50,257 tokens,
 1,024 positions) with random weights, since no GPT-2 weights can be had here.
 
-    python benchmarks/generation/gpt2_small.py [--work DIR] [--batch-sizes 1,8] [--rounds 3] [--int8]
+    python benchmarks/generation/gpt2_small.py [--work DIR] [--batch-sizes 1,8] [--rounds 3] [--int8] [--int4]
 
 Builds three models and exports them with dsee-export (each validated: greedy tokens against transformers'
 generate): `dense` with the KV cache, `dense-no-cache` (--no-kv-cache, the export before issue 14), and `s50`,
@@ -68,6 +68,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--int8", action="store_true", help="Also the int8 engines of all three (dynamic int8).")
+    p.add_argument(
+        "--int4", action="store_true", help="Also the int4 engines of all three (weight-only 4-bit)."
+    )
     a = p.parse_args()
 
     import dsee_deploy as dd
@@ -82,8 +85,11 @@ def main() -> int:
         "dense-no-cache": (models["dense"], dd.ExportConfig(kv_cache=False)),
         "s50": (models["s50"], dd.ExportConfig()),
     }
-    if a.int8:
-        exports |= {f"{name}-int8": (m, replace(c, quantize="int8")) for name, (m, c) in exports.items()}
+    fp32 = dict(exports)
+    for precision in [p for p in ("int8", "int4") if getattr(a, p)]:
+        exports |= {
+            f"{name}-{precision}": (m, replace(c, quantize=precision)) for name, (m, c) in fp32.items()
+        }
     for name, (model, config) in exports.items():
         if not (engines / name / "manifest.json").is_file():
             manifest = dd.export(model, engines / name, config)
@@ -96,7 +102,9 @@ def main() -> int:
         threads=a.threads,
         title="GPT-2-small geometry (random weights): generation with and without the KV cache, dense and 50 % pruned",
     )
-    baselines = ["dense", "dense-no-cache"] + (["dense-int8", "dense-no-cache-int8"] if a.int8 else [])
+    baselines = ["dense", "dense-no-cache"] + [
+        f"{b}-{p}" for p in ("int8", "int4") if getattr(a, p) for b in ("dense", "dense-no-cache")
+    ]
     results = dd.bench(
         [f"{name}={engines / name}" for name in exports if name not in baselines],
         [f"{name}={engines / name}" for name in baselines],

@@ -110,7 +110,9 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-bench", action="store_true", help="Stop after the agreement (time on a quiet machine).")
+    p.add_argument(
+        "--no-bench", action="store_true", help="Stop after the agreement (time on a quiet machine)."
+    )
     a = p.parse_args()
 
     import dsee_deploy as dd

@@ -58,7 +58,7 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
             extra += [
                 dataclasses.replace(v, name=f"{v.name} [{tag}]", provider=provider, baseline=False)
                 for v in variants
-                if v.kind == "onnxruntime" and v.precision != "int8"  # int8 kernels here are CPU-only
+                if v.kind == "onnxruntime" and v.precision not in ("int8", "int4")  # CPU-only kernels
             ]
     return extra
 

@@ -11,6 +11,9 @@ FORMAT_VERSION = 1
 TASKS = ("auto", FeatureExtraction.kind)
 
 
+QUANTIZE = ("int8", "int4")  # --quantize: dynamic int8; weight-only 4-bit (decoders)
+
+
 @dataclass
 class ExportConfig:
     format: str = field(
@@ -41,7 +44,11 @@ class ExportConfig:
     )
     quantize: str | None = field(
         default=None,
-        metadata={"help": "Dynamic int8 for CPU, applied to the fused graph.", "choices": ("int8",)},
+        metadata={
+            "help": "int8: dynamic int8 for CPU, applied to the fused graph. int4: weight-only 4-bit "
+            "(MatMulNBits) for KV-cache decoders, whose decode steps are bound by reading the weights.",
+            "choices": QUANTIZE,
+        },
     )
     fp16: bool = field(default=False, metadata={"help": "fp16 weights and compute, for GPU targets."})
     validate_data: str | None = field(
@@ -125,11 +132,12 @@ class ExportConfig:
             raise ConfigError(f"--task '{self.task}' is not supported: use {', '.join(TASKS)}")
         if self.opset < 17:
             raise ConfigError(f"--opset {self.opset} is too old: pass 17 or newer")
-        if self.quantize not in (None, "int8"):
-            raise ConfigError(f"--quantize '{self.quantize}' is not supported: use int8")
+        if self.quantize not in (None, *QUANTIZE):
+            raise ConfigError(f"--quantize '{self.quantize}' is not supported: use {' or '.join(QUANTIZE)}")
         if self.quantize and self.fp16:
             raise ConfigError(
-                "--quantize int8 and --fp16 exclude each other: pick int8 for CPU or fp16 for GPU"
+                f"--quantize {self.quantize} and --fp16 exclude each other: pick {self.quantize} for CPU or fp16 "
+                f"for GPU"
             )
         if self.pooling not in ("auto", "mean", "cls"):
             raise ConfigError(f"--pooling '{self.pooling}' is not supported: use auto, mean or cls")
@@ -141,7 +149,7 @@ class ExportConfig:
 
     @property
     def precision(self) -> str:
-        return "int8" if self.quantize else "fp16" if self.fp16 else "fp32"
+        return self.quantize or ("fp16" if self.fp16 else "fp32")
 
     def fuse_skip_layernorm(self) -> bool:
         return self.skip_layernorm == "fuse" or (self.skip_layernorm == "auto" and self.fp16)

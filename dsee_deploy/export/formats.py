@@ -130,6 +130,17 @@ class Int8(Precision):
 
 
 @_register(PRECISIONS)
+class Int4(Precision):
+    name = "int4"
+    cpu_only = True  # validated on ONNX Runtime's CPU MatMulNBits kernel only
+
+    def convert(self, fp32: Path, out: Path) -> dict:
+        from .precision import quantize_int4
+
+        return quantize_int4(fp32, out)
+
+
+@_register(PRECISIONS)
 class Fp16(Precision):
     name = "fp16"
 

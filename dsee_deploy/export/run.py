@@ -122,6 +122,11 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
 
     task = source.task
     decoder = task.spec.language_model and config.kv_cache
+    if config.quantize == "int4" and not task.spec.language_model:
+        raise DSEEError(
+            "--quantize int4 is weight-only 4-bit for causal language models (a decode step is bound by reading "
+            "the weights); an encoder's time goes into compute: use --quantize int8"
+        )
     if decoder:
         from .decoder import cache_heads, cache_shapes, export_decoder
 
