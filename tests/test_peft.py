@@ -79,6 +79,8 @@ LORA_VARIANTS = {
     # per-module ranks and alphas: the second block's rank 2, one projection's alpha 3 (keys as PEFT matches them)
     "patterns": {"rank_pattern": {r"(layer|h)\.1\..*": 2}, "alpha_pattern": {"(value|v_lin|c_fc)": 3}},
     "rslora": {"use_rslora": True, "r": 8, "lora_alpha": 4},
+    # every linear layer but the output one: BERT's pooler too, which has no DSEE update and is merged on load
+    "all-linear": {"target_modules": "all-linear"},
 }
 
 

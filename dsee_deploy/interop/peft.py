@@ -206,6 +206,27 @@ def _task(path: Path, config: dict, base_ref: str, base_path: str, lora: dict, o
     return Task(kind, label_names=names, max_length=max_length), tokenizer
 
 
+def _merged_weight(module, ab: dict, config: dict, name: str):
+    """W + s B A of a plain Linear or Conv1D (its (in, out) layout kept), for LoRA outside the blocks."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    if not isinstance(module, (nn.Linear, Conv1D)):
+        raise DSEEError(
+            f"the adapter has LoRA on {name}, a {type(module).__name__}: dsee-deploy reads LoRA on linear "
+            f"projections only"
+        )
+    delta = module_scaling(config, name, ab["A"].shape[0]) * (ab["B"].float() @ ab["A"].float())  # (out, in)
+    weight = module.weight.detach().float()
+    delta = delta.T if isinstance(module, Conv1D) else delta
+    if delta.shape != weight.shape:
+        raise DSEEError(
+            f"the adapter's LoRA on {name} is {tuple(delta.shape)}, the base's weight {tuple(weight.shape)}: pass "
+            f"--base-model with the model the adapter was trained on"
+        )
+    return weight + delta
+
+
 def load_peft_adapter(path: str | Path, base_model: str | None = None):
     """(model, tokenizer, info) as `checkpoint.load_dsee` returns them: the base model with the adapter's
     LoRA updates as DSEE updates (N = 0), not merged, and its trained head loaded."""
@@ -259,14 +280,12 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
             site = arch.site(target)
             name = f"{names[id(block)]}.{site.path}"
             sites.setdefault(name, []).append((target, site.part, site.parts))
-    outside = sorted(set(lora) - set(sites))
-    if outside:
-        raise DSEEError(
-            f"PEFT adapter '{path}' adapts {outside[0]}, which dsee-deploy does not tune (it tunes "
-            f"{', '.join(TARGETS)} in each block): train the adapter without it"
-        )
+    # LoRA on a projection outside the blocks (target_modules="all-linear" reaches BERT's pooler) has no DSEE
+    # update to go to: it is merged now and kept as a trained tensor, as modules_to_save are.
+    for name in sorted(set(lora) - set(sites)):
+        others[f"{name}.weight"] = _merged_weight(model.get_submodule(name), lora.pop(name), config, name)
     targets = tuple(t for t in TARGETS if any(t in [s[0] for s in sites[m]] for m in lora))
-    rank = max(ab["A"].shape[0] for ab in lora.values())
+    rank = max((ab["A"].shape[0] for ab in lora.values()), default=1)
     reference = module_scaling(config, "", config.get("r", rank))  # the adapter's own scale, s = alpha / r
     dsee = DSEEConfig(rank=rank, alpha=reference * rank, num_sparse=0, target_modules=targets)
     inject_dsee(model, dsee, arch, init=False)
