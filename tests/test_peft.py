@@ -241,10 +241,12 @@ def test_dsee_checkpoint_to_peft_loads_in_peft_to_the_same_outputs(model_type, t
         torch.testing.assert_close(again(**batch).logits, want, **SAME_FUNCTION)
 
 
-def test_to_peft_refuses_sparse_entries_and_pruning(tiny_bases, tmp_path):
+def test_to_peft_refuses_sparse_entries_and_pruning(tiny_bases, pruned_bert, tmp_path):
     make_checkpoint("bert", tiny_bases["bert"], tmp_path / "sparse")  # N = 6
     with pytest.raises(DSEEError, match="sparse entries.*load_merged"):
         dd.to_peft(tmp_path / "sparse", tmp_path / "a")
+    with pytest.raises(DSEEError, match="is pruned.*unpruned base"):
+        dd.to_peft(pruned_bert, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 
