@@ -61,7 +61,12 @@ def peft_model(model_type: str, base, **lora):
         init_lora_weights=False,  # B random too: a zero B would make every comparison vacuous
         modules_to_save=HEADS.get(model_type),
     )
-    return get_peft_model(model, LoraConfig(**(settings | lora)))
+    pm = get_peft_model(model, LoraConfig(**(settings | lora)))
+    with torch.no_grad():  # trained-looking biases, where the adapter trains them (bias="all", "lora_only")
+        for name, param in pm.named_parameters():
+            if param.requires_grad and name.endswith(".bias") and "lora_" not in name:
+                param.add_(0.1 * torch.randn(param.shape))
+    return pm
 
 
 def save_adapter(model_type: str, base, path, **lora):
@@ -81,6 +86,10 @@ LORA_VARIANTS = {
     "rslora": {"use_rslora": True, "r": 8, "lora_alpha": 4},
     # every linear layer but the output one: BERT's pooler too, which has no DSEE update and is merged on load
     "all-linear": {"target_modules": "all-linear"},
+    # trained biases: every bias of the model, or those of the adapted projections
+    "bias-all": {"bias": "all"},
+    "all-linear-bias-all": {"target_modules": "all-linear", "bias": "all"},
+    "bias-lora-only": {"bias": "lora_only"},
 }
 
 
@@ -171,7 +180,7 @@ def one_line_error(capsys, cli, argv) -> str:
     "change, named",
     [
         ({"use_dora": True}, "DoRA"),
-        ({"bias": "all"}, "bias='all'"),
+        ({"lora_bias": True}, "lora_bias"),
         ({"peft_type": "IA3"}, "PEFT IA3 adapter"),
         ({"init_lora_weights": "pissa"}, "pissa"),
         ({"task_type": "TOKEN_CLS"}, "TOKEN_CLS"),

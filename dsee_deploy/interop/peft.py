@@ -44,7 +44,6 @@ TASK_TYPES = {
 UNSUPPORTED = (
     ("use_dora", bool, "DoRA (use_dora=true)"),
     ("lora_bias", bool, "a LoRA bias (lora_bias=true)"),
-    ("bias", lambda v: v not in (None, "none"), "trained base biases (bias='{}')"),
     ("layer_replication", bool, "layer replication"),
     ("target_parameters", bool, "LoRA on parameters (target_parameters)"),
     ("trainable_token_indices", bool, "trainable tokens (trainable_token_indices)"),
@@ -129,8 +128,10 @@ def _split(tensors: dict, path: Path) -> tuple[dict[str, dict[str, object]], dic
                 f"'{path}' holds {key}, a kind of LoRA tensor dsee-deploy does not read (it reads lora_A and "
                 f"lora_B of linear projections)"
             )
-        else:  # modules_to_save: PEFT saves the trained copy under the original module's name
-            others[name.replace(".modules_to_save.default.", ".")] = tensor
+        elif ".original_module." not in name:  # the untrained original beside a modules_to_save copy
+            # modules_to_save: the trained copy, saved under the module's own name or as its
+            # modules_to_save (bias="all" saves both, equal); PEFT's own names are kept for a wrapped base layer
+            others[re.sub(r"\.modules_to_save(\.default)?\.", ".", name)] = tensor
     incomplete = [m for m, ab in lora.items() if set(ab) != {"A", "B"}]
     if incomplete:
         raise DSEEError(
@@ -309,6 +310,12 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
                 update.lora_A.zero_()[:r] = a
                 update.lora_B.zero_()[:, :r] = b[rows]
         state = model.state_dict()
+        # A bias PEFT trained (bias="all" or "lora_only") is saved as its wrapped projection's base_layer.bias;
+        # here that projection is a DSEE layer (the same name) or, outside the blocks, a plain one again.
+        for name in [n for n in others if n not in state]:
+            plain = name.replace(".base_layer.", ".")
+            if plain in state:
+                others[plain] = others.pop(name)
         unknown = sorted(set(others) - set(state))
         if unknown:
             raise DSEEError(
@@ -385,6 +392,12 @@ def to_peft(
         raise DSEEError(
             f"checkpoint '{ckpt}' has {sparse:,} sparse entries, which a PEFT LoRA adapter cannot hold: tune with "
             f"--num-sparse 0 for a PEFT adapter, or use the merged model (dsee_deploy.load_merged, dsee-export)"
+        )
+    biases = [n for n in info["trainable"] if ".base_layer." in n]
+    if biases:
+        raise DSEEError(
+            f"checkpoint '{ckpt}' trained base biases ({biases[0]}, ...), which this writer does not map back onto "
+            f"PEFT's bias setting: use the merged model (dsee_deploy.load_merged, dsee-export)"
         )
     task = Task.from_dict(info["task"])
     if task.kind not in PEFT_TASK_TYPES:
