@@ -60,6 +60,7 @@ def peft_model(model_type: str, base, **lora):
         target_modules=ALL_PROJECTIONS[model_type],
         init_lora_weights=False,  # B random too: a zero B would make every comparison vacuous
         modules_to_save=HEADS.get(model_type),
+        fan_in_fan_out=decoder,  # GPT-2's Conv1D stores its weight (in, out)
     )
     pm = get_peft_model(model, LoraConfig(**(settings | lora)))
     with torch.no_grad():  # trained-looking biases, where the adapter trains them (bias="all", "lora_only")
