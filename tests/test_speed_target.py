@@ -282,3 +282,29 @@ def test_a_teacher_also_teaches_the_tuning_epochs_without_pruning(tiny_bases, ss
     assert not all(np.array_equal(c[k], d[k]) for k in c)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["distilled_from"] == str(teacher)
+
+
+def test_re_tuning_at_a_grown_rank_saves_and_exports_the_grown_updates(tuned, sst_like, tmp_path, capsys):
+    args = ["--resume", tuned, "--train", sst_like["train"], "--epochs", "0", "--retune-epochs", "1", *FAST]
+    code, _, err = run_cli(tune, [*args, "--retune-rank", "24", "--output", tmp_path / "a"], capsys)
+    assert code != 0 and "--retune-rank grows the rank for re-tuning after pruning" in last_error(err)
+    out = tmp_path / "x"
+    code, _, err = run_cli(
+        tune,
+        [*args, "--prune-heads", "0.5", "--prune-ffn", "0.5", "--retune-rank", "24", "--output", out],
+        capsys,
+    )
+    assert code == 0, err
+    before = json.loads((tuned / "dsee_config.json").read_text())["dsee"]
+    after = json.loads((out / "dsee_config.json").read_text())["dsee"]
+    assert after["rank"] == 24 and after["alpha"] / after["rank"] == pytest.approx(
+        before["alpha"] / before["rank"]
+    )
+    assert json.loads((out / "metrics.json").read_text())["retune_rank"] == {"from": before["rank"], "to": 24}
+    from safetensors.numpy import load_file
+
+    tensors = load_file(out / ADAPTER_FILE)
+    assert {v.shape[0] for k, v in tensors.items() if k.endswith("lora_A")} == {24}
+    # The grown checkpoint loads and exports: the engine is validated against the PyTorch model.
+    code, _, err = run_cli(export, [out, "--output", tmp_path / "engine"], capsys)
+    assert code == 0, err

@@ -19,6 +19,7 @@ from dsee_deploy.tuning import (
     choose_support,
     count_parameters,
     dsee_layers,
+    grow_rank,
     inject_dsee,
     merge_dsee,
     unmerge_dsee,
@@ -185,3 +186,25 @@ def test_trainable_share_on_a_bert_base_sized_model():
         p.requires_grad_(True)
     trainable, total = count_parameters(model)
     assert 0.5 < 100 * trainable / total < 0.6
+
+
+def test_growing_the_rank_keeps_the_function_and_adds_trainable_directions(tmp_path):
+    model, tok = _load_tiny("bert", build_base("bert", tmp_path / "bert"))
+    config = DSEEConfig(rank=2, alpha=4, num_sparse=3, target_modules=("query", "ffn_out"), seed=0)
+    inject_dsee(model, config)
+    randomize_updates(model)
+    batch = batch_for(tok)
+    with torch.no_grad():
+        before = model(**batch).logits
+    trainable_before, _ = count_parameters(model)
+    grown = grow_rank(model, config, 6, seed=1)
+    assert (grown.rank, grown.scaling) == (6, config.scaling)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, before, **SAME_FUNCTION)
+    assert count_parameters(model)[0] > trainable_before
+    for _, layer in dsee_layers(model):
+        for update in layer.updates.values():
+            assert update.lora_A.shape[0] == update.lora_B.shape[1] == 6
+            assert update.lora_A[2:].abs().sum() > 0 and update.lora_B[:, 2:].abs().sum() == 0
+    with pytest.raises(DSEEError, match="--retune-rank 4 is below the checkpoint's rank 6"):
+        grow_rank(model, grown, 4, seed=1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -89,6 +91,35 @@ def add_sparse(model: nn.Module, config: DSEEConfig, spec: ArchSpec | None = Non
             update.set_sparse(indices, torch.zeros(count))
             given += 1
     return given
+
+
+@torch.no_grad()
+def grow_rank(model: nn.Module, config: DSEEConfig, rank: int, seed: int) -> DSEEConfig:
+    """Grow every update of `model` from config.rank to `rank`: A gets new rows (initialised as inject_dsee
+    does, from `seed`), B new columns at zero, and alpha grows with the rank so that the scale alpha / r stays. The model's
+    function is unchanged; the new directions train from here on. Returns the config the checkpoint records."""
+    if rank < config.rank:
+        raise DSEEError(
+            f"--retune-rank {rank} is below the checkpoint's rank {config.rank}: pass at least {config.rank}, "
+            "or leave it out to re-tune at the checkpoint's rank"
+        )
+    grown = replace(config, rank=rank, alpha=config.alpha * rank / config.rank)
+    if rank == config.rank:
+        return grown
+    for name, layer in dsee_layers(model):
+        for target, update in layer.updates.items():
+            a, b, added = update.lora_A, update.lora_B, rank - config.rank
+            extra = torch.empty(added, update.in_features)  # Kaiming-uniform, as DSEEUpdate.reset_parameters
+            nn.init.kaiming_uniform_(
+                extra, a=math.sqrt(5), generator=_generator(seed + rank, f"{name}.{target}")
+            )
+            trains = a.requires_grad
+            update.lora_A = nn.Parameter(torch.cat([a, extra.to(a)]), requires_grad=trains)
+            update.lora_B = nn.Parameter(
+                torch.cat([b, b.new_zeros(b.shape[0], added)], 1), requires_grad=trains
+            )
+            update.scaling = grown.scaling
+    return grown
 
 
 def _targets_of(block: nn.Module, spec: ArchSpec) -> list[str]:

@@ -107,6 +107,15 @@ class TuneConfig:
             "group": "re-tuning after pruning",
         },
     )
+    retune_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Grow every update to rank R for re-tuning (default: keep the rank): A gets new directions, B "
+            "starts them at zero (the function is unchanged) and alpha grows with r, so the pruned model has more "
+            "to recover with. Trainable parameters grow with R; the rest stays frozen.",
+            "group": "re-tuning after pruning",
+        },
+    )
     prune_schedule: str = field(
         default="gradual",
         metadata={
@@ -172,6 +181,10 @@ class TuneConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.retune_rank is not None and self.retune_rank < 1:
+            raise ConfigError(f"--retune-rank must be >= 1, got {self.retune_rank}")
+        if self.retune_rank and self.full_finetune:
+            raise ConfigError("--retune-rank grows DSEE's updates: it does not combine with --full-finetune")
         if self.prune_schedule not in SCHEDULES:
             raise ConfigError(
                 f"--prune-schedule must be one of {', '.join(SCHEDULES)}, got '{self.prune_schedule}'"

@@ -74,6 +74,11 @@ def tune(
             "--distill learns from the unpruned model after pruning: pass --target-speedup or a --prune-* ratio "
             "with it, or --teacher DIR to distil from a fine-tuned model while tuning"
         )
+    if config.retune_rank and not prune.any:
+        raise DSEEError(
+            "--retune-rank grows the rank for re-tuning after pruning: pass --target-speedup or a --prune-* ratio "
+            "with it (a fresh run takes --rank)"
+        )
     if config.full_finetune and (prune.any or resume):
         raise DSEEError(
             "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
@@ -383,6 +388,13 @@ class Session:
                 self.train_ds, run.tokenizer, run.task, prune.taylor_samples, config.batch_size
             )
         retune = config.retune_epochs if config.retune_epochs is not None else config.epochs
+        if config.retune_rank and retune > 0:
+            from ..tuning import grow_rank
+
+            before = run.dsee.rank
+            run.dsee = grow_rank(run.model, run.dsee, config.retune_rank, config.seed)
+            metrics["retune_rank"] = {"from": before, "to": run.dsee.rank}
+            _log(f"re-tuning at rank {run.dsee.rank} (from {before}): the new directions start at zero")
         gradual = config.prune_schedule == "gradual" and prune.structured and retune > 0
         if prune.structured and run.pruning and run.pruning["structured"]:
             gradual = False  # prune_model refuses it, with the reason
