@@ -1,14 +1,15 @@
 """A quality figure for GPT-2 generation (issue 14): no GPT-2 weights can be had here, so the smallest useful GPT-2
 is built from what is at hand and taken through the pipeline, with perplexity before and after pruning.
 
-    python benchmarks/generation/sst2_lm.py [--data ../shared/data/sst2] [--work DIR]
+    python benchmarks/generation/sst2_lm.py [--data ../shared/data/sst2] [--work DIR] [--int4]
 
 1. A byte-level BPE tokenizer (8,000 tokens) trained on the first half of SST-2's train.tsv sentences.
 2. A 4-layer GPT-2 (256 hidden, 8 heads, FFN 1,024, 128 positions) pre-trained from random weights on that half
    (`dsee-tune --full-finetune`, the dense causal-LM baseline: a stand-in for pre-training).
 3. DSEE on the other half (the "fine-tuning" corpus), selected on dev.tsv's sentences.
 4. The same pruned to 50 % of its heads and FFN neurons, re-tuned 1 epoch.
-5. Engines of 3 and 4 (KV cache, fp32 and int8), dsee-bench: generation speed and perplexity on dev sentences.
+5. Engines of 3 and 4 (KV cache, fp32 and int8; with --int4 also weight-only 4-bit), dsee-bench: generation
+   speed and perplexity on dev sentences.
 
 The corpus is SST-2's sentences (../shared/data/sst2, GLUE; not shipped in the repository). Writes
 benchmarks/results/generation-sst2-lm/.
@@ -70,6 +71,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/dsee-sst2-lm"))
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--int4", action="store_true", help="Also the int4 engines (weight-only 4-bit): their perplexity.")
     a = p.parse_args()
 
     import dsee_deploy as dd
@@ -110,11 +112,11 @@ def main() -> int:
         dd.tune(str(w / f"{data}.txt"), w / name, eval=str(w / "dev.txt"), **kwargs)
     engines = {}
     for name in ("dsee", "dsee-s50"):
-        for precision in ("fp32", "int8"):
-            label = name if precision == "fp32" else f"{name}-int8"
+        for precision in ("fp32", "int8", "int4") if a.int4 else ("fp32", "int8"):
+            label = name if precision == "fp32" else f"{name}-{precision}"
             out = w / "engines" / label
             if not (out / "manifest.json").is_file():
-                dd.export(w / name, out, dd.ExportConfig(quantize="int8" if precision == "int8" else None))
+                dd.export(w / name, out, dd.ExportConfig(quantize=None if precision == "fp32" else precision))
             engines[label] = out
     config = dd.BenchConfig(
         batch_sizes=[1, 8],
