@@ -308,3 +308,56 @@ def test_re_tuning_at_a_grown_rank_saves_and_exports_the_grown_updates(tuned, ss
     # The grown checkpoint loads and exports: the engine is validated against the PyTorch model.
     code, _, err = run_cli(export, [out, "--output", tmp_path / "engine"], capsys)
     assert code == 0, err
+
+
+def test_joined_rows_carry_both_texts_within_max_length_and_the_teachers_label(tiny_bases, sst_like):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from dsee_deploy.data import Task, encode, read_table
+    from dsee_deploy.errors import ConfigError
+    from dsee_deploy.models import load_tokenizer
+    from dsee_deploy.training import collator_for, join_examples
+
+    tok = load_tokenizer(str(tiny_bases["bert"]))
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bases["bert"], num_labels=2)
+    task = Task("classification", "sentence", None, "label", ["0", "1"], max_length=12)
+    ds = encode(read_table(str(sst_like["train"]), "--train", "train"), tok, task, "train.tsv")
+    same, none = join_examples(ds, teacher, tok, task, 0.0, seed=0)
+    assert none == 0 and same.to_dict() == ds.to_dict()
+    out, joined = join_examples(ds, teacher, tok, task, 1.0, seed=0)
+    assert joined == len(ds) == len(out)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    longer = 0
+    for before, row in zip(ds, out, strict=True):
+        ids = row["input_ids"]
+        assert ids[0] == cls and ids[-1] == sep and ids.count(sep) == 1 and len(ids) <= 12
+        assert (
+            ids[: len(before["input_ids"]) - 1] == before["input_ids"][:-1]
+        )  # the row's own text comes first
+        longer += len(ids) > len(before["input_ids"])
+        assert len(row["attention_mask"]) == len(ids) == len(row["token_type_ids"])
+    assert longer > len(ds) // 2
+    batch = collator_for(task, tok)([{k: v for k, v in r.items() if k != "labels"} for r in out])
+    with torch.no_grad():
+        assert teacher(**batch).logits.argmax(-1).tolist() == out["labels"]
+    pairs = Task("classification", "sentence", "other", "label", ["0", "1"], max_length=12)
+    with pytest.raises(ConfigError, match="single texts"):
+        join_examples(ds, teacher, tok, pairs, 0.5, seed=0)
+
+
+def test_re_tuning_on_joined_rows_records_them_and_needs_pruning(tuned, sst_like, tmp_path, capsys):
+    args = ["--resume", tuned, "--train", sst_like["train"], "--epochs", "0", "--retune-epochs", "1", *FAST]
+    code, _, err = run_cli(tune, [*args, "--distill-join", "0.5", "--output", tmp_path / "a"], capsys)
+    assert code != 0 and "--distill-join joins rows for re-tuning after pruning" in last_error(err)
+    code, _, err = run_cli(tune, [*args, "--distill-join", "1.5", "--output", tmp_path / "a"], capsys)
+    assert code != 0 and "--distill-join must be in [0, 1]" in last_error(err)
+    out = tmp_path / "x"
+    code, _, err = run_cli(
+        tune, [*args, "--prune-heads", "0.5", "--distill-join", "0.5", "--output", out], capsys
+    )
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["distill_join"]["joined_rows"] < 96
+    assert metrics["pruning"]["distilled_from"] == "the unpruned model"

@@ -71,7 +71,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/dsee-sst2-lm"))
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--int4", action="store_true", help="Also the int4 engines (weight-only 4-bit): their perplexity.")
+    p.add_argument(
+        "--int4", action="store_true", help="Also the int4 engines (weight-only 4-bit): their perplexity."
+    )
     a = p.parse_args()
 
     import dsee_deploy as dd
