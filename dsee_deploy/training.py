@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from .distributed import world_size
-from .errors import ConfigError
 
 
 def compute_metrics_for(task):
@@ -154,57 +153,6 @@ def importance_batches(ds, tokenizer, task, samples: int, batch_size: int) -> li
         dict(collate([subset[j] for j in range(i, min(i + batch_size, len(subset)))]))
         for i in range(0, len(subset), batch_size)
     ]
-
-
-def join_examples(ds, teacher, tokenizer, task, fraction: float, seed: int, batch_size: int = 64):
-    """`ds` (tokenized single-text classification rows) with each row, at probability `fraction`, joined to
-    another random row (its tokens, then the other's, in one sequence cut at the task's max_length) and labelled
-    with `teacher`'s prediction for the joined text. The row count stays the same and no text comes from outside
-    `ds`; the student meets inputs longer than the training rows, with the teacher's answer on them (TinyBERT
-    distils on augmented data the same way; its word-replacement augmentation needs GloVe, which is not at hand).
-    Written here because no library joins tokenized rows: `datasets` concatenates datasets, not rows."""
-    import random
-
-    import torch
-    from datasets import Dataset
-
-    if task.kind != "classification" or task.text_pair_column or task.spec.language_model:
-        raise ConfigError(
-            f"--distill-join joins single texts of a classification task; this one is {task.kind}"
-            f"{' with text pairs' if task.text_pair_column else ''}: drop --distill-join"
-        )
-    if tokenizer.num_special_tokens_to_add(pair=False) != 2:
-        raise ConfigError(
-            f"--distill-join needs a tokenizer that marks a text's start and end with one token each; "
-            f"{type(tokenizer).__name__} adds {tokenizer.num_special_tokens_to_add(pair=False)}: drop --distill-join"
-        )
-    rows = ds.to_dict()
-    rng, n, limit = random.Random(seed), len(ds), task.max_length
-    joined = []
-    for i in range(n):
-        if rng.random() < fraction:
-            j = rng.randrange(n)
-            a, b = rows["input_ids"][i], rows["input_ids"][j]
-            ids = a[:-1] + b[1:]  # [CLS] a b [SEP]: the first text's end and the second's start dropped
-            ids = ids[: limit - 1] + ids[-1:] if len(ids) > limit else ids
-            rows["input_ids"][i] = ids
-            rows["attention_mask"][i] = [1] * len(ids)
-            if "token_type_ids" in rows:
-                rows["token_type_ids"][i] = [0] * len(ids)
-            joined.append(i)
-    collate = collator_for(task, tokenizer)
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad():
-        for start in range(0, len(joined), batch_size):
-            chunk = joined[start : start + batch_size]
-            feats = [{k: rows[k][i] for k in rows if k != "labels"} for i in chunk]
-            batch = {k: v.to(device) for k, v in collate(feats).items()}
-            for i, label in zip(chunk, teacher(**batch).logits.argmax(-1).tolist(), strict=True):
-                rows["labels"][i] = label
-    teacher.train(was_training)
-    return Dataset.from_dict(rows), len(joined)
 
 
 def distillation_trainer_class():

@@ -164,16 +164,6 @@ class TuneConfig:
         default=2.0,
         metadata={"help": "Softmax temperature for distillation.", "group": "re-tuning after pruning"},
     )
-    distill_join: float = field(
-        default=0.0,
-        metadata={
-            "help": "Fraction of the training rows that re-tuning joins to another random row (one text after the "
-            "other, cut at --max-length), labelled by the teacher: the pruned model learns the teacher's answers "
-            "on inputs longer than the training rows (e.g. SST-2's phrases against its test sentences). Single-text "
-            "classification, with distillation; the taylor scores are taken on the joined rows too.",
-            "group": "re-tuning after pruning",
-        },
-    )
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
@@ -203,12 +193,6 @@ class TuneConfig:
             raise ConfigError(f"--prune-warmup must be in (0, 1), got {self.prune_warmup}")
         if self.teacher and self.distill is False:
             raise ConfigError("--teacher is what distillation learns from: drop --no-distill or --teacher")
-        if not 0 <= self.distill_join <= 1:
-            raise ConfigError(f"--distill-join must be in [0, 1], got {self.distill_join}")
-        if self.distill_join and self.distill is False:
-            raise ConfigError(
-                "--distill-join labels the joined rows with the teacher: drop --no-distill or it"
-            )
         if self.distill_hidden < 0 or not 0 <= self.distill_alpha <= 1:
             raise ConfigError("--distill-hidden must be >= 0 and --distill-alpha in [0, 1]")
         if not 0 <= self.warmup_ratio < 1:

@@ -74,11 +74,6 @@ def tune(
             "--distill learns from the unpruned model after pruning: pass --target-speedup or a --prune-* ratio "
             "with it, or --teacher DIR to distil from a fine-tuned model while tuning"
         )
-    if config.distill_join and not prune.any:
-        raise DSEEError(
-            "--distill-join joins rows for re-tuning after pruning: pass --target-speedup or a --prune-* ratio "
-            "with it"
-        )
     if config.retune_rank and not prune.any:
         raise DSEEError(
             "--retune-rank grows the rank for re-tuning after pruning: pass --target-speedup or a --prune-* ratio "
@@ -384,21 +379,9 @@ class Session:
                 before.update(self.evaluate("test", self.test_ds))
             metrics["before_pruning"] = before
         distilling = (
-            config.distill
-            if config.distill is not None
-            else bool(config.teacher or prune.target_speedup or config.distill_join)
+            config.distill if config.distill is not None else bool(config.teacher or prune.target_speedup)
         )
         teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
-        if config.distill_join:
-            from ..training import join_examples
-
-            self.train_ds, joined = join_examples(
-                self.train_ds, teacher, run.tokenizer, run.task, config.distill_join, config.seed
-            )
-            metrics["distill_join"] = {"fraction": config.distill_join, "joined_rows": joined}
-            _log(
-                f"re-tuning on {len(self.train_ds):,} rows, {joined:,} of them joined and labelled by the teacher"
-            )
         batches = None
         if prune.structured and prune.structured_importance() == "taylor":
             batches = importance_batches(
