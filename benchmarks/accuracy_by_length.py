@@ -10,20 +10,19 @@ how many training rows (the first --train-samples) and evaluation rows fall at 1
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 
 import numpy as np
 
 BUCKETS = ((0, 15), (15, 25), (25, 10_000))
 
 
-def read(path: str, limit: int | None = None) -> tuple[list[str], np.ndarray]:
-    if not Path(path).is_file():
-        raise SystemExit(f"{path} does not exist: pass a tab-separated file with sentence and label columns")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))[:limit]
-    return [r["sentence"] for r in rows], np.array([r["label"] for r in rows])
+def read(path: str, flag: str, limit: int | None = None) -> tuple[list[str], np.ndarray]:
+    """The sentence and label columns of a TSV, read as dsee-tune reads it (missing files named by `flag`)."""
+    from dsee_deploy.data import read_table
+
+    table = read_table(path, flag, "data")
+    table = table.select(range(min(limit, len(table)))) if limit else table
+    return list(table["sentence"]), np.array([str(v) for v in table["label"]])
 
 
 def main() -> None:
@@ -37,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     from dsee_deploy.serve import Engine
 
-    texts, labels = read(args.data)
+    texts, labels = read(args.data, "--data")
     words = np.array([len(t.split()) for t in texts])
     if args.train:
-        train_words = np.array([len(t.split()) for t in read(args.train, args.train_samples)[0]])
+        train_words = np.array([len(t.split()) for t in read(args.train, "--train", args.train_samples)[0]])
         print(
             f"words per row: train median {np.median(train_words):.0f} ({(train_words >= 15).mean():.0%} at 15 or "
             f"more), {args.data} median {np.median(words):.0f} ({(words >= 15).mean():.0%} at 15 or more)\n"
