@@ -179,6 +179,28 @@ def test_prune_refuses_an_unreachable_target_in_one_line(tuned, tmp_path, capsys
     assert code != 0 and "drop --prune-heads" in err
 
 
+def test_head_share_moves_the_searched_layout_between_heads_and_neurons(tuned, tmp_path, capsys):
+    kept = {}
+    for share in ("0.05", "0.95"):
+        out = tmp_path / f"share{share}"
+        code, _, err = run_cli(
+            prune, [tuned, "--target-speedup", "1.5", "--head-share", share, "--output", out], capsys
+        )
+        assert code == 0, err
+        record = json.loads((out / PRUNING_FILE).read_text())
+        assert record["config"]["head_share"] == float(share) and record["target"]["predicted_speedup"] >= 1.5
+        kept[share] = (
+            sum(len(e["kept_heads"]) for e in record["layers"]),
+            sum(len(e["kept_ffn"]) for e in record["layers"]),
+        )
+    # Heads worth little: the search keeps fewer of them and spends the time on neurons.
+    assert kept["0.05"][0] < kept["0.95"][0] and kept["0.05"][1] > kept["0.95"][1]
+    code, _, err = run_cli(
+        prune, [tuned, "--target-speedup", "1.5", "--head-share", "1", "--output", tmp_path / "z"], capsys
+    )
+    assert code != 0 and "--head-share must be in (0, 1)" in last_error(err)
+
+
 def test_gradual_pruning_to_a_target_with_a_teacher_ends_at_the_chosen_layout(
     tuned, tiny_bases, sst_like, tmp_path, capsys
 ):

@@ -66,6 +66,13 @@ class PruneConfig:
         default=0, metadata={"help": "Heads every layer keeps at least (0: may lose all)."}
     )
     min_ffn: int = field(default=0, metadata={"help": "FFN neurons every layer keeps at least."})
+    head_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "With --target-speedup: the share of importance the layout search gives all heads together "
+            "(the FFN neurons share the rest). Below 0.5 the search keeps fewer heads and more neurons.",
+        },
+    )
     taylor_samples: int = field(
         default=512, metadata={"help": "Training examples scored for taylor importance."}
     )
@@ -99,6 +106,8 @@ class PruneConfig:
             raise ConfigError(
                 f"--importance taylor scores heads and neurons; unstructured pruning takes {UNSTRUCTURED}"
             )
+        if not 0 < self.head_share < 1:
+            raise ConfigError(f"--head-share must be in (0, 1), got {self.head_share:g}: it is the heads' share")
         if self.scope not in SCOPES:
             raise ConfigError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         unknown = sorted(set(self.unstructured_modules) - set(TARGETS))

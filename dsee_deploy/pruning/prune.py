@@ -160,12 +160,12 @@ def choose_layout(
         # The search weighs heads against FFN neurons. Raw scores do not compare: the sum of |dL/dm| over a
         # layer's 1536 neurons dwarfs that over its 12 heads (on MiniLM SST-2 raw taylor scores cut 68 of 72
         # heads for a 2x target). So each layer's scores are normalised as the global ranking normalises them,
-        # then each kind is scaled to a total of 1: all heads are worth as much as all neurons, and within a
-        # kind the layers and units keep their relative importance.
+        # then the heads are scaled to a total of --head-share and the neurons to the rest (by default all heads
+        # are worth as much as all neurons); within a kind the layers and units keep their relative importance.
         if importance == "taylor":
             head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
-        head_scores = head_scores / head_scores.sum().clamp_min(1e-12)
-        ffn_scores = ffn_scores / ffn_scores.sum().clamp_min(1e-12)
+        head_scores = config.head_share * head_scores / head_scores.sum().clamp_min(1e-12)
+        ffn_scores = (1 - config.head_share) * ffn_scores / ffn_scores.sum().clamp_min(1e-12)
         # The latency model is measured (or read from the cache) once, by the main process.
         latency = from_main(latency_for(model, config, log) if is_main() else None)
         layers, predicted = search_layout(
