@@ -107,7 +107,9 @@ class PruneConfig:
                 f"--importance taylor scores heads and neurons; unstructured pruning takes {UNSTRUCTURED}"
             )
         if not 0 < self.head_share < 1:
-            raise ConfigError(f"--head-share must be in (0, 1), got {self.head_share:g}: it is the heads' share")
+            raise ConfigError(
+                f"--head-share must be in (0, 1), got {self.head_share:g}: it is the heads' share"
+            )
         if self.scope not in SCOPES:
             raise ConfigError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         unknown = sorted(set(self.unstructured_modules) - set(TARGETS))
