@@ -199,6 +199,10 @@ def test_head_share_moves_the_searched_layout_between_heads_and_neurons(tuned, t
         prune, [tuned, "--target-speedup", "1.5", "--head-share", "1", "--output", tmp_path / "z"], capsys
     )
     assert code != 0 and "--head-share must be in (0, 1)" in last_error(err)
+    code, _, err = run_cli(
+        prune, [tuned, "--prune-heads", "0.5", "--head-share", "0.3", "--output", tmp_path / "r"], capsys
+    )
+    assert code != 0 and "add --target-speedup or drop it" in last_error(err)
 
 
 def test_gradual_pruning_to_a_target_with_a_teacher_ends_at_the_chosen_layout(

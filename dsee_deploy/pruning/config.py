@@ -110,6 +110,10 @@ class PruneConfig:
             raise ConfigError(
                 f"--head-share must be in (0, 1), got {self.head_share:g}: it is the heads' share"
             )
+        if self.head_share != 0.5 and not self.target_speedup:
+            raise ConfigError(
+                "--head-share weighs heads in the speed-target search: add --target-speedup or drop it"
+            )
         if self.scope not in SCOPES:
             raise ConfigError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         unknown = sorted(set(self.unstructured_modules) - set(TARGETS))
