@@ -12,6 +12,7 @@ FORMAT_VERSION = 2
 READS = (1, 2)  # version 1 had no speed target
 SCOPES = ("global", "layer")
 PRECISIONS = ("fp32", "int8")
+EQUAL_SHARE = 0.5  # --head-share's default: all heads together weigh as much as all FFN neurons
 
 
 @dataclass
@@ -67,7 +68,7 @@ class PruneConfig:
     )
     min_ffn: int = field(default=0, metadata={"help": "FFN neurons every layer keeps at least."})
     head_share: float = field(
-        default=0.5,
+        default=EQUAL_SHARE,
         metadata={
             "help": "With --target-speedup: the share of importance the layout search gives all heads together "
             "(the FFN neurons share the rest). Below 0.5 the search keeps fewer heads and more neurons.",
@@ -110,7 +111,7 @@ class PruneConfig:
             raise ConfigError(
                 f"--head-share must be in (0, 1), got {self.head_share:g}: it is the heads' share"
             )
-        if self.head_share != 0.5 and not self.target_speedup:
+        if self.head_share != EQUAL_SHARE and not self.target_speedup:
             raise ConfigError(
                 "--head-share weighs heads in the speed-target search: add --target-speedup or drop it"
             )
