@@ -99,6 +99,44 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
         latency_model(config, task, "fp32", 1, 16, 2, grid=grid, log=lambda m: None)
 
 
+MEASURE_IN_A_PROCESS = """
+import json, sys
+from transformers import AutoConfig
+from dsee_deploy.latency import latency_model
+from dsee_deploy.tasks import get_task
+config = AutoConfig.from_pretrained(sys.argv[1])
+config.num_labels = 2
+model = latency_model(config, get_task("classification"), "fp32", 1, 16, 1, grid=([0, 2, 4], [0, 24, 48]))
+print("TABLE " + json.dumps(model.table_ms), flush=True)
+"""
+
+
+def test_two_processes_started_together_measure_the_latency_model_once(tiny_bases, tmp_path):
+    """Two tunes started at once on one machine must not time their engines against each other: one measures,
+    the other waits for the lock and reads the cached figures."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DSEE_DEPLOY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MEASURE_IN_A_PROCESS, str(tiny_bases["bert"])],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    measured = [o for o in outs if "measuring the latency of 9 fp32 engines" in o]
+    assert len(measured) == 1, outs
+    tables = [next(line for line in o.splitlines() if line.startswith("TABLE ")) for o in outs]
+    assert tables[0] == tables[1]  # the waiting process got the measuring one's figures
+
+
 def full_finetune(base, train, out, capsys):
     """A full fine-tuning output of `base` on `train` (a --teacher candidate)."""
     code, _, err = run_cli(
