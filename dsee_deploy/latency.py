@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,27 +179,36 @@ def latency_model(
     found = _cached(path, key) if cache else None
     if found:
         return found
-    if not cache:
-        return _measure_model(model_config, task_spec, key, path, grid, rounds, cache, log)
-    # One measurement per key at a time: two tunes started together on one machine would otherwise time their
-    # engines against each other and cache a model of a machine under load (MiniLM on a 2-core AMD EPYC: dense
-    # 33.9 ms against 17.7 ms alone, and other layouts chosen). The second waits and reads the first's figures.
-    from filelock import FileLock, Timeout
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.with_suffix(".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log(f"another process is measuring this latency model ({path.with_suffix('.lock')}); waiting for it")
-        lock.acquire()
-    try:
-        found = _cached(path, key)
+    with _measuring(path, log) if cache else nullcontext():
+        found = _cached(path, key) if cache else None  # measured by the process this one waited for
         if found:
             return found
-        return _measure_model(model_config, task_spec, key, path, grid, rounds, cache, log)
-    finally:
-        lock.release()
+        heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
+        log(
+            f"measuring the latency of {len(heads_grid) * len(ffn_grid)} {precision} engines of this geometry "
+            f"on this machine (batch {batch}, sequence {seq_len}, {threads} threads); cached in {path.parent}"
+        )
+        measured = measure(
+            model_config,
+            task_spec,
+            precision,
+            batch,
+            seq_len,
+            threads,
+            provider,
+            heads_grid,
+            ffn_grid,
+            rounds,
+        )
+        model = LatencyModel(
+            key, list(heads_grid), list(ffn_grid), [[measured[(h, f)] for f in ffn_grid] for h in heads_grid]
+        )
+        if cache:
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(model.to_dict(), indent=1))
+            tmp.replace(path)  # a reader never sees half a file
+    log(model.summary())
+    return model
 
 
 def _cached(path: Path, key: dict) -> LatencyModel | None:
@@ -212,27 +221,24 @@ def _cached(path: Path, key: dict) -> LatencyModel | None:
     return found if found.key == key else None
 
 
-def _measure_model(model_config, task_spec, key, path, grid, rounds, cache, log) -> LatencyModel:
-    precision, batch, seq_len = key["precision"], key["batch"], key["seq_len"]
-    threads, provider = key["threads"], key["provider"]
-    heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
-    log(
-        f"measuring the latency of {len(heads_grid) * len(ffn_grid)} {precision} engines of this geometry "
-        f"on this machine (batch {batch}, sequence {seq_len}, {threads} threads); cached in {path.parent}"
-    )
-    measured = measure(
-        model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
-    )
-    model = LatencyModel(
-        key, list(heads_grid), list(ffn_grid), [[measured[(h, f)] for f in ffn_grid] for h in heads_grid]
-    )
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(model.to_dict(), indent=1))
-        tmp.replace(path)  # a reader never sees half a file
-    log(model.summary())
-    return model
+@contextmanager
+def _measuring(path: Path, log):
+    """One measurement per key at a time: two tunes started together on one machine would otherwise time their
+    engines against each other and cache a model of a machine under load (MiniLM on a 2-core AMD EPYC: dense
+    33.9 ms against 17.7 ms alone, and other layouts chosen). The second waits and then reads the first's figures."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_suffix(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"another process is measuring this latency model ({lock.lock_file}); waiting for it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
