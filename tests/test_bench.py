@@ -4,6 +4,7 @@ per-round ratios of the best times it recorded. No test asserts a timing."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from conftest import run_cli
 import dsee_deploy as dd
 from dsee_deploy.cli.bench import main as bench
 from dsee_deploy.cli.export import main as export
+from dsee_deploy.errors import DSEEError
 from dsee_deploy.flops import encoder_flops
 
 
@@ -134,6 +136,48 @@ torch_variants = false
     # A second run resumes: steps whose output exists are skipped.
     code, stdout, err = run_cli(bench, ["--suite", suite, "--output", out, "--overwrite"], capsys)
     assert code == 0 and stdout.count("exists, skipped") == 2
+
+
+SENTENCES_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sst2_sentences.py"
+
+
+def test_suite_script_step_writes_its_file_once(tmp_path, capsys):
+    """A `script` step (the frontier suite's SST-2 sentences file) runs the real script, then is skipped."""
+    from dsee_deploy.bench import suite
+
+    train = tmp_path / "train.tsv"
+    # "good film" and "dull" are word spans of longer rows: phrases; the other two are whole sentences.
+    train.write_text("sentence\tlabel\ngood film\t1\na good film\t1\ndull\t0\na dull and long film\t0\n")
+    path = tmp_path / "suite.toml"
+    path.write_text(
+        f"""
+[vars]
+train = "{{work}}/train-sentences.tsv"
+[[step]]
+run = "script"
+script = "{SENTENCES_SCRIPT}"
+args = ["{train}", "{{train}}", "--rows", "3"]
+creates = "{{train}}"
+[bench]
+"""
+    )
+    steps = suite.load(str(path), tmp_path / "work", {})
+    suite.run_steps(steps)
+    written = (tmp_path / "work" / "train-sentences.tsv").read_text().splitlines()
+    assert written == ["sentence\tlabel", "a good film\t1", "a dull and long film\t0", "good film\t1"]
+    suite.run_steps(steps)
+    assert "exists, skipped" in capsys.readouterr().out
+
+    # A script that fails, one that is missing, and a step without `creates` are each one line.
+    path.write_text(path.read_text().replace(str(train), str(tmp_path / "absent.tsv")))
+    with pytest.raises(DSEEError, match="exited with status 1"):
+        suite.run_steps(suite.load(str(path), tmp_path / "other", {}))
+    path.write_text(path.read_text().replace(str(SENTENCES_SCRIPT), "no/such/script.py"))
+    with pytest.raises(DSEEError, match="'no/such/script.py', which does not exist"):
+        suite.run_steps(suite.load(str(path), tmp_path / "other", {}))
+    path.write_text(path.read_text().replace('creates = "{train}"', ""))
+    with pytest.raises(DSEEError, match="needs `script` and `creates`"):
+        suite.load(str(path), tmp_path / "other", {})
 
 
 def _suite_without_engines(tmp_path):

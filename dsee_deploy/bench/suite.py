@@ -5,7 +5,7 @@ model, each calling the library's verb), then the bench itself, so that one comm
     [vars]                      # {name} in any string below; --var name=value overrides; {work} is OUTPUT/work
     data = "../shared/data/sst2"
     [[step]]                    # run in order; skipped when `creates` (default: its output) already exists
-    run = "export"              # tune, prune, export, or synthetic
+    run = "export"              # tune, prune, export, synthetic, or script
     checkpoint = "{work}/ckpt"  # the verb's inputs, by name (see dsee_deploy.export, .tune, .prune)
     output = "{work}/engines/fp32"
     config = { quantize = "int8" }          # the verb's config dataclass, by field (tune: also dsee, prune)
@@ -64,13 +64,38 @@ def _synthetic(step: dict) -> None:
     build(**step["args"])
 
 
-STEPS = {"tune": _tune, "prune": _prune, "export": _export, "synthetic": _synthetic}
+def _script(step: dict) -> None:
+    """A Python script with its arguments, for what no verb does (preparing a data file, say).
+
+    Run as its own process with this interpreter, so a suite reproduces a table from a fresh clone without a
+    step the user must remember to run by hand first.
+    """
+    import subprocess
+    import sys
+
+    script = Path(step["script"])
+    if not script.is_file():
+        raise DSEEError(
+            f"suite step 'script' runs '{script}', which does not exist: paths are relative to where dsee-bench "
+            f"runs (the repository root for the shipped suites)"
+        )
+    code = subprocess.run([sys.executable, str(script), *map(str, step.get("args", []))]).returncode
+    if code != 0:
+        raise DSEEError(f"suite step 'script' {script} exited with status {code}: see its message above")
+    if not Path(step["creates"]).exists():
+        raise DSEEError(
+            f"suite step 'script' {script} ended without writing {step['creates']} (its `creates`)"
+        )
+
+
+STEPS = {"tune": _tune, "prune": _prune, "export": _export, "synthetic": _synthetic, "script": _script}
 # The keys each step takes besides run and creates: the verb's inputs and its config tables.
 KEYS = {
     "tune": {"train", "output", "eval", "test", "model", "resume", "base_model", "config", "dsee", "prune"},
     "prune": {"checkpoint", "output", "train", "base_model", "config"},
     "export": {"checkpoint", "output", "base_model", "config"},
     "synthetic": {"args"},
+    "script": {"script", "args"},
 }
 
 
@@ -107,6 +132,11 @@ def load(path: str, work: Path, overrides: dict[str, str]) -> dict:
                 f"--suite '{path}' step {i + 1} runs '{step.get('run')}': use one of {', '.join(STEPS)} (suites "
                 f"before this version ran CLIs with args = [...]; a step now names the verb's inputs and its "
                 f"config table: see benchmarks/suites/bert-base-geometry.toml)"
+            )
+        if step["run"] == "script" and not {"script", "creates"} <= set(step):
+            raise DSEEError(
+                f"--suite '{path}' step {i + 1} (script) needs `script` and `creates` (the file it writes, so that "
+                f"a second run skips it)"
             )
         unknown = sorted(set(step) - KEYS[step["run"]] - {"run", "creates"})
         if unknown:
