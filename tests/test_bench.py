@@ -269,3 +269,12 @@ def test_bench_takes_plain_model_exports_and_triton_entries(pruned_bert, tiny_ba
     variants = json.loads((tmp_path / "b2" / "results.json").read_text())["variants"]
     assert [v["name"] for v in variants] == ["plain", "sst", "pytorch eager (dense)", "pytorch + DSEE branch"]
     assert variants[3]["heads"] == [2, 0]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "suites").glob("*.toml")))
+def test_shipped_suites_load(path, tmp_path):
+    """Every suite in benchmarks/suites passes the checks dsee-bench makes before it trains for hours."""
+    from dsee_deploy.bench import suite
+
+    loaded = suite.load(str(path), tmp_path, {})
+    assert loaded["bench"]["engines"] and loaded["bench"]["baselines"]
