@@ -99,6 +99,56 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
         latency_model(config, task, "fp32", 1, 16, 2, grid=grid, log=lambda m: None)
 
 
+def test_passes_of_the_grid_keep_each_engines_lowest_ratio_and_how_far_the_next_best_pass_was():
+    from dsee_deploy.latency import steady_ratios
+
+    combined, spread = steady_ratios([{"dense": 1.0, "small": 0.5}, {"dense": 1.0, "small": 0.6}])
+    assert combined["small"] == pytest.approx(0.5) and spread == pytest.approx(0.2)
+    # a disturbed pass (the small engine slowed) neither sets the figure nor counts once two passes confirm it
+    combined, spread = steady_ratios(
+        [{"dense": 1.0, "small": 0.51}, {"dense": 1.0, "small": 0.9}, {"dense": 1.0, "small": 0.5}]
+    )
+    assert combined["small"] == pytest.approx(0.5) and spread == pytest.approx(0.02)
+    assert steady_ratios([{"dense": 1.0, "small": 0.5}])[1] == float("inf")  # one pass confirms nothing
+
+
+def test_the_grid_is_timed_again_until_the_undisturbed_figure_is_seen_twice():
+    """time_grid times real callables against the dense one. While an engine's cost changes from pass to pass (a
+    machine disturbed under the measurement), more passes are timed until its lowest figure has been seen twice,
+    and that figure is kept; if it never repeats, timing stops at the limit with the spread recorded."""
+    import time
+
+    from dsee_deploy.latency import MAX_PASSES, MIN_PASSES, time_grid
+
+    runners = {"dense": lambda: time.sleep(0.004), "small": lambda: time.sleep(cost["small"])}
+    # undisturbed (1 ms) in the first pass, disturbed (2 ms) from the second to the fifth: confirmed at the sixth
+    cost = {"small": 0.001}
+
+    def disturbed(done, spread):  # sets the cost of pass done + 1
+        cost["small"] = 0.001 if done + 1 == 6 else 0.002
+
+    measured, timed, spread = time_grid(runners, "dense", [["small"]], rounds=3, progress=disturbed)
+    assert len(timed) == 6 and spread < 0.3
+    # sleeping 1 ms against 4 ms: about a quarter of the dense time, not the disturbed half
+    assert set(measured) == {"dense", "small"} and measured["small"] / measured["dense"] < 0.4
+
+    cost["small"] = 0.002  # disturbed in the first pass only: the next two confirm the undisturbed figure
+
+    def settles(done, spread):
+        cost["small"] = 0.001
+
+    measured, timed, spread = time_grid(runners, "dense", [["small"]], rounds=3, progress=settles)
+    assert len(timed) == MIN_PASSES and measured["small"] / measured["dense"] < 0.4
+
+    cost["small"] = 0.001  # undisturbed only in the first pass: never confirmed, stops at the limit
+
+    def never_again(done, spread):
+        cost["small"] = 0.002
+
+    measured, timed, spread = time_grid(runners, "dense", [["small"]], rounds=3, progress=never_again)
+    assert len(timed) == MAX_PASSES and spread > 0.3
+
+
 MEASURE_IN_A_PROCESS = """
 import json, sys
 from transformers import AutoConfig

@@ -282,7 +282,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
             )
             if up is not None:
                 points[name] = (up, accuracy_of(acc))
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        fig, ax = plt.subplots(figsize=(7.5, 5))
         for precision, marker in (("fp32", "o"), ("int8", "^"), ("fp16", "s")):
             line = sorted(
                 p
@@ -296,7 +296,7 @@ def write_plots(results: dict, out: Path) -> list[str]:
                 ax.scatter(
                     up, acc, marker="^" if variants[name]["precision"] == "int8" else "o", color="gray"
                 )
-            ax.annotate(name, (up, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        _label_points(fig, ax, points)
         ax.set(
             xlabel=f"measured speed-up vs {primary} (batch {shape[0]}, sequence {shape[1]})",
             ylabel="accuracy (%)",
@@ -310,6 +310,25 @@ def write_plots(results: dict, out: Path) -> list[str]:
         written.append("accuracy_vs_speedup.png")
     plt.close("all")
     return written
+
+
+def _label_points(fig, ax, points: dict) -> None:
+    """Name every point, each label at the first of a few offsets (above, below, further out) where it overlaps
+    no label placed before it: reference points often share an accuracy (the eager and ONNX runs of one model)
+    and sit close together. A greedy pass over four offsets is all these plots need; adjustText would be a
+    dependency for one plot."""
+    offsets = [(3, 4), (3, -11), (3, 15), (3, -22)]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for name, (up, acc) in sorted(points.items(), key=lambda item: item[1]):
+        for dx, dy in offsets:
+            label = ax.annotate(name, (up, acc), fontsize=7, xytext=(dx, dy), textcoords="offset points")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
 
 
 def write_json(results: dict, path: Path) -> None:
