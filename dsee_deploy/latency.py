@@ -34,8 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,9 @@ FORMAT_VERSION = 3  # 1: two one-dimensional series; 2: a table timed by the clo
 PRECISIONS = ("fp32", "int8")
 STEADY = 0.05  # a point's lowest figure is confirmed by a second pass this close to it
 MIN_PASSES, MAX_PASSES = 3, 6
+# dsee-export's speed-up: each pass lasts at least this long, so that passes spread over a slow stretch of a
+# shared machine (seconds) rather than fall inside one; the tests' tiny engines set it to 0
+SPEEDUP_PASS_S = 4.0
 
 
 @dataclass
@@ -486,12 +491,14 @@ def measured_speedup(
     threads: int | None = None,
     provider: str = "CPUExecutionProvider",
     rounds: int = 4,
+    pass_s: float | None = None,
 ) -> dict:
     """Each engine of `engines` ({name: path}, name ending in its precision, fp32 or int8) timed against a dense
     engine of the same geometry and precision, exported alike with random weights, all interleaved in one run.
-    A pass of `rounds` rounds gives each engine the median over rounds of its best time over the dense engine's;
-    passes are timed as the latency model's grid is (time_grid), so the figure kept is the machine's undisturbed
-    one, comparable with the model's prediction. int8 engines are also timed against dense fp32."""
+    A pass of `rounds` rounds (more where needed for it to last `pass_s` seconds, default SPEEDUP_PASS_S) gives
+    each engine the median over rounds of its best time over the dense engine's; passes are timed as the latency
+    model's grid is (time_grid), so the figure kept is the machine's undisturbed one, comparable with the model's
+    prediction. int8 engines are also timed against dense fp32."""
     from .bench.timing import interleave
     from .export.precision import quantize_int8
 
@@ -514,7 +521,12 @@ def measured_speedup(
         passes, dense_ms, all_ratios = [], {k: [] for k in dense}, {k: [] for k in references}
         spread = float("inf")
         while len(passes) < MIN_PASSES or (spread > STEADY and len(passes) < MAX_PASSES):
+            started = time.perf_counter()
             timings = interleave(runners, rounds=rounds, warmup=0 if passes else 2, target_block_s=0.1)
+            if not passes:
+                # a pass of a few engines takes a second, a slow stretch longer: passes are spread out
+                wanted = SPEEDUP_PASS_S if pass_s is None else pass_s
+                rounds = max(rounds, math.ceil(rounds * wanted / (time.perf_counter() - started)))
             ratios = {}
             for key, (name, against) in references.items():
                 over = np.asarray(timings[name].best) / np.asarray(timings[against].best)
