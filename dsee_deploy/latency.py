@@ -404,6 +404,22 @@ def steady_ratios(passes: list[dict]) -> tuple[dict, float]:
     return combined, float(spread)
 
 
+def confirmed_passes(
+    one_pass, least: int = MIN_PASSES, most: int = MAX_PASSES, progress=None
+) -> tuple[list[dict], dict, float]:
+    """Calls one_pass(i) (a pass's time ratios, {name: engine over its reference}) at least `least` times, then
+    until every engine's lowest ratio is confirmed by a second pass within STEADY, at most `most` times; after each
+    pass, progress(passes so far, spread). Returns every pass's ratios, the lowest and the spread
+    (steady_ratios)."""
+    timed, lowest, spread = [], {}, float("inf")
+    while len(timed) < least or (spread > STEADY and len(timed) < most):
+        timed.append(one_pass(len(timed)))
+        lowest, spread = steady_ratios(timed)
+        if progress:
+            progress(len(timed), spread)
+    return timed, lowest, spread
+
+
 def time_grid(
     runners: dict,
     dense,
@@ -412,23 +428,20 @@ def time_grid(
     progress=None,
     passes: tuple[int, int] = (MIN_PASSES, MAX_PASSES),
 ) -> tuple[dict, list[dict], float]:
-    """Latency (ms) of every engine of `groups`, timed against `dense` in passes (at least passes[0], then until
-    every engine's lowest ratio is confirmed by a second pass within STEADY, at most passes[1]), the groups in
-    reverse order every other pass so that no group always runs at the same moment of a pass. An engine's latency
-    is its lowest ratio times the dense engine's lowest median time of a pass. Returns the latencies, each pass's
-    ratios and the spread (steady_ratios)."""
-    least, most = passes
-    timed, dense_best = [], []
-    spread = float("inf")
-    while len(timed) < least or (spread > STEADY and len(timed) < most):
-        ratios, best = relative_pass(runners, dense, groups if len(timed) % 2 == 0 else groups[::-1], rounds)
-        timed.append(ratios)
+    """Latency (ms) of every engine of `groups`, timed against `dense` in confirmed passes (confirmed_passes,
+    at least passes[0], at most passes[1]), the groups in reverse order every other pass so that no group always
+    runs at the same moment of a pass. An engine's latency is its lowest ratio times the dense engine's lowest
+    median time of a pass. Returns the latencies, each pass's ratios and the spread (steady_ratios)."""
+    dense_best = []
+
+    def one_pass(i: int) -> dict:
+        ratios, best = relative_pass(runners, dense, groups if i % 2 == 0 else groups[::-1], rounds)
         dense_best.append(float(np.median(best)))
-        combined, spread = steady_ratios(timed)
-        if progress:
-            progress(len(timed), spread)
+        return ratios
+
+    timed, lowest, spread = confirmed_passes(one_pass, *passes, progress=progress)
     dense_ms = min(dense_best) * 1000  # the dense engine undisturbed, as its ratios are
-    return {name: ratio * dense_ms for name, ratio in combined.items()}, timed, spread
+    return {name: ratio * dense_ms for name, ratio in lowest.items()}, timed, spread
 
 
 def measure(
@@ -518,13 +531,13 @@ def measured_speedup(
             quantize_int8(dense["dense fp32"], dense["dense int8"])
         paths = {**{k: str(v) for k, v in dense.items()}, **{k: str(v) for k, v in engines.items()}}
         runners = runners_of(paths, architecture, model_config.vocab_size, batch, seq_len, threads, provider)
-        passes, dense_ms, all_ratios = [], {k: [] for k in dense}, {k: [] for k in references}
-        spread = float("inf")
-        while len(passes) < MIN_PASSES or (spread > STEADY and len(passes) < MAX_PASSES):
+        dense_ms, all_ratios = {k: [] for k in dense}, {k: [] for k in references}
+
+        def one_pass(i: int) -> dict:
+            nonlocal rounds
             started = time.perf_counter()
-            timings = interleave(runners, rounds=rounds, warmup=0 if passes else 2, target_block_s=0.1)
-            if not passes:
-                # a pass of a few engines takes a second, a slow stretch longer: passes are spread out
+            timings = interleave(runners, rounds=rounds, warmup=0 if i else 2, target_block_s=0.1)
+            if i == 0:  # a pass of a few engines takes a second, a slow stretch longer: passes are spread out
                 wanted = SPEEDUP_PASS_S if pass_s is None else pass_s
                 rounds = max(rounds, math.ceil(rounds * wanted / (time.perf_counter() - started)))
             ratios = {}
@@ -534,8 +547,9 @@ def measured_speedup(
                 all_ratios[key].extend((1 / over).tolist())
             for k in dense:
                 dense_ms[k].append(float(np.median(timings[k].best)) * 1000)
-            passes.append(ratios)
-            best, spread = steady_ratios(passes)
+            return ratios
+
+        passes, best, spread = confirmed_passes(one_pass)
     result: dict = {}
     for name in engines:
         against = references[name][1]
