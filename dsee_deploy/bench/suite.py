@@ -73,12 +73,7 @@ def _script(step: dict) -> None:
     import subprocess
     import sys
 
-    script = Path(step["script"])
-    if not script.is_file():
-        raise DSEEError(
-            f"suite step 'script' runs '{script}', which does not exist: paths are relative to where dsee-bench "
-            f"runs (the repository root for the shipped suites)"
-        )
+    script = _script_path(step)
     code = subprocess.run([sys.executable, str(script), *map(str, step.get("args", []))]).returncode
     if code != 0:
         raise DSEEError(f"suite step 'script' {script} exited with status {code}: see its message above")
@@ -86,6 +81,16 @@ def _script(step: dict) -> None:
         raise DSEEError(
             f"suite step 'script' {script} ended without writing {step['creates']} (its `creates`)"
         )
+
+
+def _script_path(step: dict) -> Path:
+    script = Path(step["script"])
+    if not script.is_file():
+        raise DSEEError(
+            f"suite step 'script' runs '{script}', which does not exist: paths are relative to where dsee-bench "
+            f"runs (the repository root for the shipped suites)"
+        )
+    return script
 
 
 STEPS = {"tune": _tune, "prune": _prune, "export": _export, "synthetic": _synthetic, "script": _script}
@@ -96,6 +101,55 @@ KEYS = {
     "export": {"checkpoint", "output", "base_model", "config"},
     "synthetic": {"args"},
     "script": {"script", "args"},
+}
+
+
+def _check_tune(step: dict) -> None:
+    from ..pruning.config import PruneConfig
+    from ..tuning.config import DSEEConfig
+    from ..tuning.options import TuneConfig
+
+    for cls, key in ((TuneConfig, "config"), (DSEEConfig, "dsee"), (PruneConfig, "prune")):
+        _config(cls, step, key)
+
+
+def _check_prune(step: dict) -> None:
+    from ..pruning.config import PruneConfig
+
+    _config(PruneConfig, step, "config")
+
+
+def _check_export(step: dict) -> None:
+    from ..export.config import ExportConfig
+
+    _config(ExportConfig, step, "config")
+
+
+def _check_synthetic(step: dict) -> None:
+    import inspect
+
+    from .synthetic import build
+
+    try:
+        inspect.signature(build).bind(**step.get("args", {}))
+    except TypeError as exc:
+        raise DSEEError(
+            f"its args do not fit the synthetic model builder ({exc}): see bench/synthetic.py"
+        ) from exc
+
+
+def _check_script(step: dict) -> None:
+    if not Path(step["creates"]).exists():  # a step that will be skipped needs no script
+        _script_path(step)
+
+
+# What each step's run would refuse, checked for every step before the first one runs.
+CHECKS = {
+    "tune": _check_tune,
+    "prune": _check_prune,
+    "export": _check_export,
+    "synthetic": _check_synthetic,
+    "script": _check_script,
 }
 
 
@@ -146,7 +200,36 @@ def load(path: str, work: Path, overrides: dict[str, str]) -> dict:
             )
     if "bench" not in suite:
         raise DSEEError(f"--suite '{path}' has no [bench] table: add engines and baselines")
-    return _expand(suite, variables)
+    suite = _expand(suite, variables)
+    check(suite, path)
+    return suite
+
+
+def check(suite: dict, path: str) -> None:
+    """Refuse now what a step or the bench would refuse later: every step's config tables and arguments, the
+    scripts still to run, and the [bench] settings, so that nothing runs (a script, an hour of training) before
+    a mistake further down the file is found."""
+    from dataclasses import fields
+
+    from .config import BenchConfig
+
+    for i, step in enumerate(suite.get("step", [])):
+        try:
+            CHECKS[step["run"]](step)
+        except DSEEError as exc:
+            raise DSEEError(f"--suite '{path}' step {i + 1} ({step['run']}): {exc}") from exc
+    bench = suite["bench"]
+    names = {f.name for f in fields(BenchConfig)}
+    unknown = sorted(set(bench) - names - {"engines", "baselines"})
+    if unknown:
+        raise DSEEError(
+            f"--suite '{path}' [bench] has unknown keys {unknown}: use engines, baselines and the fields of "
+            f"dsee-bench --help ({', '.join(sorted(names))})"
+        )
+    try:
+        BenchConfig(**{k: v for k, v in bench.items() if k in names})
+    except DSEEError as exc:
+        raise DSEEError(f"--suite '{path}' [bench]: {exc}") from exc
 
 
 def _expand(value, variables: dict):
