@@ -26,7 +26,10 @@ a second pass within 5 % of it (at least three passes, at most six); how far the
 the best at worst is recorded with the model, and warned of when over 5 %.
 
 Measured once per machine, runtime, precision, batch, sequence length and threads, and cached as JSON under
-$DSEE_DEPLOY_CACHE (default ~/.cache/dsee-deploy)/latency.
+$DSEE_DEPLOY_CACHE (default ~/.cache/dsee-deploy)/latency. A cached model is checked when it is read (its grids
+those of the key's geometry, every figure a finite, positive latency, the table never falling as a count grows):
+a damaged or edited file is measured again, with a warning naming it and what is wrong, so that no layout is ever
+chosen from figures that cannot be right.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,10 @@ MIN_PASSES, MAX_PASSES = 3, 6
 SPEEDUP_PASS_S = 4.0
 
 
+class DamagedLatencyModel(DSEEError, ValueError):
+    """Latency figures that cannot be right: a damaged or edited cache file (measured again), or a bug."""
+
+
 @dataclass
 class LatencyModel:
     key: dict  # what it holds for: architecture, geometry, precision, batch, sequence, threads, machine, runtime
@@ -65,6 +72,9 @@ class LatencyModel:
     spread: float = 0.0  # at worst over the grid, how far a point's second-best pass was from its best
 
     def __post_init__(self) -> None:
+        fault = figures_fault(self.key, self.head_grid, self.ffn_grid, self.table_ms, saved=False)
+        if fault:
+            raise DamagedLatencyModel(f"latency model figures refused: {fault}")
         # Timing noise can make a wider layer look cheaper than a narrower one; a cost that falls as width grows
         # would mislead the search, so the table is made non-decreasing along both axes (running maxima).
         table = np.asarray(self.table_ms, dtype=float)
@@ -104,14 +114,24 @@ class LatencyModel:
             raise DSEEError(
                 f"a layout of {len(heads)} layers does not fit this latency model of {self.num_layers} layers"
             )
-        return float(self.uniform_ms(heads, ffn).mean())
+        return self._checked(float(self.uniform_ms(heads, ffn).mean()), heads, ffn)
 
     def speedup(self, heads: list[int], ffn: list[int]) -> float:
         return self.dense_ms / self.predict_ms(heads, ffn)
 
     def floor_ms(self, min_heads: int = 0, min_ffn: int = 0) -> float:
         """The fastest layout's latency: every layer keeping only what it must."""
-        return float(self.uniform_ms(min_heads, min_ffn))
+        return self._checked(float(self.uniform_ms(min_heads, min_ffn)), min_heads, min_ffn)
+
+    def _checked(self, ms: float, heads, ffn) -> float:
+        """`ms`, refused unless a finite, positive latency: no speed-up is ever printed or acted on from one
+        that is not (the table is checked when built; this catches a layout of counts that are not numbers)."""
+        if not (math.isfinite(ms) and ms > 0):
+            raise DSEEError(
+                f"the latency model predicts {ms} ms for {heads} heads and {ffn} FFN neurons kept, not a finite "
+                f"positive latency, so no speed-up can be claimed: the counts must be numbers of heads and neurons"
+            )
+        return ms
 
     def summary(self) -> str:
         k = self.key
@@ -134,10 +154,90 @@ class LatencyModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyModel:
+        """The model saved by to_dict; DamagedLatencyModel, saying what is wrong, where `data` cannot be one."""
+        if not isinstance(data, dict):
+            raise DamagedLatencyModel(f"a JSON {type(data).__name__}, not an object")
         data = dict(data)
-        if data.pop("format_version", None) != FORMAT_VERSION:
-            raise DSEEError("cached latency model of another format: it is measured again")
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise DamagedLatencyModel(
+                f"format version {version}, where this dsee-deploy reads {FORMAT_VERSION}"
+            )
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - set(data) if n not in ("passes", "spread"))
+        if missing or set(data) - names:
+            raise DamagedLatencyModel(f"fields {sorted(data)}, where a latency model has {sorted(names)}")
+        if not isinstance(data["key"], dict):
+            raise DamagedLatencyModel(f"a key {data['key']!r} that is not an object")
+        fault = figures_fault(data["key"], data["head_grid"], data["ffn_grid"], data["table_ms"], saved=True)
+        if fault:  # checked before __post_init__ smooths the table, which would hide a falling one
+            raise DamagedLatencyModel(fault)
         return cls(**data)
+
+
+def figures_fault(key: dict, head_grid, ffn_grid, table_ms, saved: bool) -> str | None:
+    """What makes these figures impossible for a latency model of `key`, or None. The grids must rise from 0 to
+    the key's full head count and FFN width (the grid it names, where it names one), the table be head_grid by
+    ffn_grid of finite, positive latencies. A `saved` table must also never fall as a count grows: a measured
+    one may (timing noise, which __post_init__ smooths away before it is saved), so in a file one that falls
+    was altered after it was written."""
+    named = key.get("grid")
+    named = named if isinstance(named, list) and len(named) == 2 else [None, None]
+    for name, grid, full, what, wanted in (
+        ("head_grid", head_grid, key.get("num_heads"), "heads", named[0]),
+        ("ffn_grid", ffn_grid, key.get("ffn_width"), "FFN neurons", named[1]),
+    ):
+        fault = grid_fault(grid, full, what)
+        if fault:
+            return f"{name} {grid!r}, which {fault}"
+        if wanted is not None and list(grid) != list(wanted):
+            return f"{name} {grid}, where the key names {wanted}"
+    try:
+        table = np.asarray(table_ms, dtype=float)  # (heads, ffn)
+    except (TypeError, ValueError):
+        return "a table_ms that is not a table of numbers"
+    if table.shape != (len(head_grid), len(ffn_grid)):
+        shape = " x ".join(str(n) for n in table.shape)
+        return f"a table_ms of shape {shape}, not head_grid by ffn_grid ({len(head_grid)} x {len(ffn_grid)})"
+    for bad, what in (
+        (~np.isfinite(table), "not a finite latency"),
+        (~(table > 0), "not a positive latency"),
+    ):
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            return (
+                f"{table[i, j]} ms in table_ms for {head_grid[i]} heads and {ffn_grid[j]} FFN neurons, {what} "
+                f"({int(bad.sum())} such of {table.size})"
+            )
+    if saved:
+        for axis, name in ((0, "heads"), (1, "FFN neurons")):
+            falls = np.argwhere(np.diff(table, axis=axis) < 0)
+            if len(falls):
+                i, j = falls[0]
+                nxt = (i + 1, j) if axis == 0 else (i, j + 1)
+                return (
+                    f"a table_ms that falls from {table[i, j]} to {table[nxt]} ms as {name} grow from "
+                    f"{head_grid[i] if axis == 0 else ffn_grid[j]} to "
+                    f"{head_grid[i + 1] if axis == 0 else ffn_grid[j + 1]}, which a saved table never does"
+                )
+    return None
+
+
+def grid_fault(grid, full: int | None, what: str) -> str | None:
+    """What makes `grid` no grid of counts from 0 to `full` (None: any end), or None."""
+    if not isinstance(grid, (list, tuple)) or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in grid
+    ):
+        return "is not a list of whole numbers"
+    if len(grid) < 2:
+        return "has fewer than 2 counts to interpolate between"
+    if grid[0] != 0:
+        return f"does not start at 0 {what}"
+    if any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
+        return "does not rise strictly"
+    if full is not None and grid[-1] != full:
+        return f"ends at {grid[-1]} {what}, not at the model's {full}"
+    return None
 
 
 def cache_dir() -> Path:
@@ -196,13 +296,30 @@ def latency_model(
     seq_len = fitting_length(model_config, seq_len)
     key = latency_key(model_config, precision, batch, seq_len, threads, provider)
     if grid:
+        for values, full, what in (
+            (grid[0], key["num_heads"], "heads"),
+            (grid[1], key["ffn_width"], "FFN neurons"),
+        ):
+            fault = grid_fault(list(values), full, what)
+            if fault:
+                raise DSEEError(
+                    f"the latency grid of {what} {list(values)} {fault}: give the counts to measure, "
+                    f"from 0 to {full}"
+                )
         key["grid"] = [list(grid[0]), list(grid[1])]
     path = cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
-    found = _cached(path, key) if cache else None
+    warned: list[str] = []
+
+    def warn(message: str) -> None:  # the file is read twice (before and after the lock): one warning
+        if message not in warned:
+            warned.append(message)
+            log(message)
+
+    found = _cached(path, key, warn) if cache else None
     if found:
         return found
     with _measuring(path, log) if cache else nullcontext():
-        found = _cached(path, key) if cache else None  # measured by the process this one waited for
+        found = _cached(path, key, warn) if cache else None  # measured by the process this one waited for
         if found:
             return found
         heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
@@ -244,14 +361,26 @@ def latency_model(
     return model
 
 
-def _cached(path: Path, key: dict) -> LatencyModel | None:
+def _cached(path: Path, key: dict, warn=print) -> LatencyModel | None:
+    """The latency model cached at `path` for `key`, or None: none there, or one that cannot be used (truncated,
+    not JSON, of another format or key, figures that cannot be right), which is measured again after a one-line
+    warning naming the file and what is wrong with it."""
     if not path.is_file():
         return None
     try:
         found = LatencyModel.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, DSEEError):
-        return None  # unreadable or of another format: measured again
-    return found if found.key == key else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        how = f"is not readable JSON ({exc})"
+    except DamagedLatencyModel as exc:
+        how = f"holds {exc}"
+    except (TypeError, ValueError, KeyError) as exc:  # anything else a damaged file may hold
+        how = f"cannot be read as a latency model ({type(exc).__name__}: {exc})"
+    else:
+        if found.key == key:
+            return found
+        how = "holds the figures of another model or machine (its key is not the one its name is made from)"
+    warn(f"warning: the cached latency model {path} {how}; measuring it again")
+    return None
 
 
 @contextmanager

@@ -9,6 +9,8 @@ the budget is spent greedily on the additions worth the most importance per mill
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import DSEEError
@@ -26,6 +28,10 @@ def search_layout(
     """The layout ({"kept_heads", "kept_ffn"} per layer) predicted to run at least `target` times faster than
     dense that keeps the most importance, and its predicted speed-up. Scores are (layers, units) arrays, higher
     is more important. An unreachable target is refused with the best reachable speed-up."""
+    if not (math.isfinite(target) and target > 1):
+        raise DSEEError(
+            f"a speed-up target must be a finite number above 1, got {target}: pass e.g. 2 for 2x"
+        )
     heads, ffn = np.asarray(head_scores, dtype=float), np.asarray(ffn_scores, dtype=float)
     layers, n_heads = heads.shape
     width = ffn.shape[1]
