@@ -5,6 +5,7 @@ a DSEE checkpoint without sparse entries becomes an adapter that PEFT loads to t
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -315,3 +316,72 @@ def test_to_peft_of_a_peft_adapter_round_trips(tiny_bases, tmp_path):
     batch = batch_for(load_tokenizer(str(base)))
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, pm.eval()(**batch).logits, **SAME_FUNCTION)
+
+
+# alpha_pattern / rank_pattern keys on which `re` (PEFT's matcher) backtracks exponentially: 2^n steps on a module
+# name of n characters (checked by hand: 0.7 s at 22 characters, doubling with each more; days on the 41 of
+# bert.encoder.layer.0.attention.self.query). `regex` decides the first at once (no name ends in '!': it matches
+# none); the lookbehind of the second defeats `regex`'s guards too, so only its timeout ends it.
+SLOW_FOR_RE = r"(.|.)*!"
+SLOW_FOR_BOTH = r"(.|.)*(?<=!)"
+# Run in a child process: a hang fails the test after this long instead of stalling the suite (a load takes
+# 7 s here, a few times that on a busy machine; a catastrophic key matched by `re` would take days).
+HANG_SECONDS = 120
+LOAD_MERGED = (
+    "import sys, torch, dsee_deploy as dd; m, _ = dd.load_merged(sys.argv[1], base_model=sys.argv[2]); "
+    "torch.save(m.state_dict(), sys.argv[3])"
+)
+EXPORT_CLI = "import sys; from dsee_deploy.cli.export import main; raise SystemExit(main(sys.argv[1:]))"
+
+
+def run_bounded(code: str, *args) -> subprocess.CompletedProcess:
+    import sys
+
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=HANG_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: no result in {HANG_SECONDS} s")
+
+
+@pytest.mark.parametrize(
+    "field, key",
+    [("alpha_pattern", SLOW_FOR_RE), ("rank_pattern", SLOW_FOR_RE), ("rank_pattern", SLOW_FOR_BOTH)],
+)
+def test_backtracking_pattern_keys_load_in_bounded_time(field, key, tiny_bases, tmp_path):
+    """A key `re` would take days on loads as PEFT would load it had it finished: the slow key matches no module,
+    so the adapter is PEFT's without it (the next key, 'value', still sets value's alpha). rank_pattern is not
+    matched at all: ranks are the tensors'."""
+    base = tiny_bases["bert"]
+    pm = save_adapter("bert", base, tmp_path / "adapter", alpha_pattern={"value": 3})
+    expected = peft_merged(pm).state_dict()
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config[field] = {key: 2, **config[field]}  # first, so that every module is matched against it
+    config_path.write_text(json.dumps(config))
+    done = run_bounded(LOAD_MERGED, tmp_path / "adapter", base, tmp_path / "merged.pt")
+    assert done.returncode == 0, done.stderr
+    got = torch.load(tmp_path / "merged.pt", weights_only=True)
+    assert sorted(got) == sorted(expected)
+    worst = max((got[k] - expected[k]).abs().max().item() for k in expected)
+    assert worst <= MERGE_ATOL, worst
+
+
+def test_backtracking_alpha_pattern_is_refused_in_one_line(tiny_bases, tmp_path):
+    """A key `regex` cannot decide within the bound either is refused, naming the field, the key and the fix."""
+    base = tiny_bases["bert"]
+    save_adapter("bert", base, tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(
+        json.dumps(json.loads(config_path.read_text()) | {"alpha_pattern": {SLOW_FOR_BOTH: 3}})
+    )
+    done = run_bounded(EXPORT_CLI, tmp_path / "adapter", "--base-model", base, "--output", tmp_path / "e")
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert f"alpha_pattern key '{SLOW_FOR_BOTH}'" in lines[0] and "rewrite the key" in lines[0]
+    assert not (tmp_path / "e").exists()

@@ -21,9 +21,10 @@ import copy
 import json
 import math
 import re
+import time
 from pathlib import Path
 
-from ..errors import DSEEError
+from ..errors import DSEEError, require_extra
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -104,14 +105,62 @@ def read_adapter_config(path: Path) -> dict:
     return config
 
 
-def module_scaling(config: dict, name: str, rank: int) -> float:
-    """PEFT's scale of module `name`'s update: alpha / r, or alpha / sqrt(r) with rsLoRA; alpha from
-    `alpha_pattern` where a key matches the name as PEFT matches it (a regex on the name's dotted tail)."""
-    alpha = config.get("lora_alpha", 8)
-    for key, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            alpha = value
-            break
+# How long alpha_pattern's keys may take to match all the adapted modules' names, together. PEFT matches them with
+# `re`, which backtracks exponentially on keys like '(.|.)*!' (2^n steps on a name of n characters: days on
+# bert.encoder.layer.0.attention.self.query); `regex` (a dependency of transformers) returns what `re` returns,
+# decides most such keys at once, and stops where its timeout runs out. A sane key takes microseconds a name, so
+# a large model's thousands of matches stay far inside this bound even on a busy machine.
+PATTERN_SECONDS = 1.0
+
+
+def module_alphas(path: Path, config: dict, names) -> dict[str, float]:
+    r"""{module name: alpha} as PEFT picks it (peft.utils.other.get_pattern_key): the value of the first
+    `alpha_pattern` key, in file order, for which `re.match(rf"(.*\.)?({key})$", name)` matches, else
+    `lora_alpha`; with a bounded cost, refused in one line where a key is not a regex or backtracks past
+    PATTERN_SECONDS. (`rank_pattern` is not matched: each module's rank is its tensors' first dimension.)"""
+    default = config.get("lora_alpha", 8)
+    keys = list((config.get("alpha_pattern") or {}).items())
+    if not keys:
+        return {name: default for name in names}
+    require_extra("tune", "regex")
+    import regex
+
+    compiled = []
+    for key, value in keys:
+        # PEFT's own pattern string: `re` must accept it (PEFT's loader would raise on it), and `regex` (VERSION0,
+        # its default, is `re`'s syntax and semantics) then matches it.
+        pattern = rf"(.*\.)?({key})$"
+        try:
+            re.compile(pattern)
+            compiled.append((key, value, regex.compile(pattern)))
+        except (re.error, regex.error) as exc:
+            raise DSEEError(
+                f"PEFT adapter '{path}' has alpha_pattern key '{key}', which is not a regex ({exc}): fix it in "
+                f"{ADAPTER_CONFIG} (a key is a Python regex matched against a module name's dotted tail, e.g. "
+                f"'query' or 'layer\\.1\\..*')"
+            ) from None
+    deadline = time.monotonic() + PATTERN_SECONDS
+    alphas = {}
+    for name in names:
+        alphas[name] = default
+        for key, value, pattern in compiled:
+            try:  # once the budget is spent, a key gets 1 ms: a sane one needs microseconds
+                found = pattern.match(name, timeout=max(deadline - time.monotonic(), 1e-3))
+            except TimeoutError:
+                raise DSEEError(
+                    f"PEFT adapter '{path}' has alpha_pattern key '{key}', which did not finish matching {name} "
+                    f"within {PATTERN_SECONDS:g} s (it backtracks catastrophically; PEFT's loader would hang on it): "
+                    f"rewrite the key in {ADAPTER_CONFIG} without nested or overlapping repetition, e.g. "
+                    f"'{name.rsplit('.', 1)[-1]}'"
+                ) from None
+            if found:
+                alphas[name] = value
+                break
+    return alphas
+
+
+def scaling(config: dict, alpha: float, rank: int) -> float:
+    """PEFT's scale of an update of rank `rank`: alpha / r, or alpha / sqrt(r) with rsLoRA."""
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
@@ -207,7 +256,7 @@ def _task(path: Path, config: dict, base_ref: str, base_path: str, lora: dict, o
     return Task(kind, label_names=names, max_length=max_length), tokenizer
 
 
-def _merged_weight(module, ab: dict, config: dict, name: str):
+def _merged_weight(module, ab: dict, scale: float, name: str):
     """W + s B A of a plain Linear or Conv1D (its (in, out) layout kept), for LoRA outside the blocks."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
@@ -217,7 +266,7 @@ def _merged_weight(module, ab: dict, config: dict, name: str):
             f"the adapter has LoRA on {name}, a {type(module).__name__}: dsee-deploy reads LoRA on linear "
             f"projections only"
         )
-    delta = module_scaling(config, name, ab["A"].shape[0]) * (ab["B"].float() @ ab["A"].float())  # (out, in)
+    delta = scale * (ab["B"].float() @ ab["A"].float())  # (out, in)
     weight = module.weight.detach().float()
     delta = delta.T if isinstance(module, Conv1D) else delta
     if delta.shape != weight.shape:
@@ -263,6 +312,7 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
             f"save_pretrained (safe_serialization, the default); restore it"
         ) from exc
     lora, others = _split(tensors, path)
+    alphas = module_alphas(path, config, sorted(lora))
     task, tokenizer = _task(path, config, str(base_ref), base_path, lora, others)
     model, loading = load_model(base_path, load_config(base_path, task), task)
     sha = base_weights_sha256(model, loading["missing_keys"])
@@ -284,10 +334,13 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
     # LoRA on a projection outside the blocks (target_modules="all-linear" reaches BERT's pooler) has no DSEE
     # update to go to: it is merged now and kept as a trained tensor, as modules_to_save are.
     for name in sorted(set(lora) - set(sites)):
-        others[f"{name}.weight"] = _merged_weight(model.get_submodule(name), lora.pop(name), config, name)
+        ab = lora.pop(name)
+        scale = scaling(config, alphas[name], ab["A"].shape[0])
+        others[f"{name}.weight"] = _merged_weight(model.get_submodule(name), ab, scale, name)
     targets = tuple(t for t in TARGETS if any(t in [s[0] for s in sites[m]] for m in lora))
     rank = max((ab["A"].shape[0] for ab in lora.values()), default=1)
-    reference = module_scaling(config, "", config.get("r", rank))  # the adapter's own scale, s = alpha / r
+    # the adapter's own scale, s = alpha / r
+    reference = scaling(config, config.get("lora_alpha", 8), config.get("r", rank))
     dsee = DSEEConfig(rank=rank, alpha=reference * rank, num_sparse=0, target_modules=targets)
     inject_dsee(model, dsee, arch, init=False)
 
@@ -303,7 +356,7 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
                     f"the model the adapter was trained on"
                 )
             r = a.shape[0]
-            b = b * (module_scaling(config, name, r) / dsee.scaling)
+            b = b * (scaling(config, alphas[name], r) / dsee.scaling)
             for target, part, parts in sites[name]:
                 update = layer.updates[target]
                 rows = slice(part * out_f // parts, (part + 1) * out_f // parts)
@@ -368,7 +421,6 @@ def to_peft(
     import torch
 
     from ..checkpoint import MASKS_FILE, load_dsee
-    from ..errors import require_extra
     from ..models import load_model, resolve_model
     from ..outputs import Output
     from ..tuning import DSEEConfig, dsee_layers
