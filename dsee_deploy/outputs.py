@@ -10,18 +10,27 @@ Every verb (tune, prune, export, bench) writes through `Output`, so that
 
 The work happens in `.NAME.partial-PID` beside the target (same filesystem, so the final move is a rename);
 one left behind by a killed process is removed by the next run that writes the same target.
+
+Two commands writing one target at once would both finish and both say "saved", the second silently replacing
+the first: from `start()` to `commit()` or `abort()` a command holds an OS lock on `.NAME.lock` beside the
+target, and a second command is refused in one line (with the pid of the first) instead of waiting. Its
+checks are made again once it holds the lock, so that one coming after the first finished needs --overwrite.
+The lock file is removed on release; one left by a killed process (whose lock the OS released) is only a
+hidden file, taken over by the next command.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import DSEEError
 
 PARTIAL = ".partial-"
+LOCK = ".lock"
 
 
 def _related(out: Path, inp: Path) -> str | None:
@@ -88,7 +97,9 @@ class Output:
     ):
         self.target = check_output(target, overwrite, inputs, flag, keep)
         self.flag, self.keep = flag, keep
+        self._checks = (overwrite, inputs)
         self.path: Path | None = None
+        self._lock: _Lock | None = None
 
     def start(self, create: bool = True) -> Path:
         """The work directory; `create=False` names it only (the other processes of a distributed run share
@@ -104,15 +115,28 @@ class Output:
             raise DSEEError(f"{self.flag} '{self.target}' cannot be created: '{above}' is a file")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale(parent, self.target.name)
+            if self._lock is None:
+                self._lock = _Lock.take(parent / f".{self.target.name}{LOCK}", self.target, self.flag)
             work = parent / f".{self.target.name}{PARTIAL}{run_token()}"
-            if world_size() == 1:  # a leftover of this pid; in a distributed run the others may write already
-                shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(exist_ok=True)
         except OSError as exc:
             raise DSEEError(
                 f"{self.flag} '{self.target}' cannot be written ({exc.strerror or exc}): choose a writable path"
             ) from exc
+        try:
+            # Checked again under the lock: another command may have finished writing the target since.
+            check_output(self.target, *self._checks, self.flag, self.keep)
+            _remove_stale(parent, self.target.name)
+            if world_size() == 1:  # a leftover of this pid; in a distributed run the others may write already
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(exist_ok=True)
+        except BaseException as exc:
+            self._release()
+            if isinstance(exc, OSError):
+                raise DSEEError(
+                    f"{self.flag} '{self.target}' cannot be written ({exc.strerror or exc}): choose a writable "
+                    f"path"
+                ) from exc
+            raise
         self.path = work
         return work
 
@@ -135,6 +159,7 @@ class Output:
             dest.rename(old)
         self.path.rename(dest)
         self.path = None
+        self._release()
         shutil.rmtree(old, ignore_errors=True)
         return shown
 
@@ -142,6 +167,12 @@ class Output:
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> Path:
         return self.start()
@@ -169,3 +200,60 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         pass
     return True
+
+
+class _Lock:
+    """An exclusive OS lock (flock) on a file, held by this open file until `release()` or the process ends,
+    however it ends: the lock of a killed command is free again, and nothing it left counts as held."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+
+    @classmethod
+    def take(cls, path: Path, target: Path, flag: str) -> _Lock | None:
+        """Lock `path` without waiting; refused in one line, naming the holder, when another command holds it.
+        None where the OS has no flock (Windows): there, commands are not kept apart."""
+        try:
+            import fcntl
+        except ImportError:
+            return None
+
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                os.close(fd)
+                who = f"{holder[1]} (pid {holder[0]})" if len(holder) == 2 else "command"
+                raise DSEEError(
+                    f"another {who} is writing {flag} '{target}': wait for it to finish, or pass another {flag}"
+                ) from None
+            # Its holder removes the file before it lets go: the file locked here may no longer be the one at
+            # `path`, which a third command may hold. Locked and still in place, it is ours.
+            try:
+                here = os.stat(path)
+            except FileNotFoundError:
+                here = None
+            mine = os.fstat(fd)
+            if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+            os.close(fd)
+        try:  # who holds it, for the message of the command refused; a full disk has no room even for that
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {_program()}\n".encode(), 0)
+        except OSError:
+            pass
+        return cls(fd, path)
+
+    def release(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked, so that nobody holds the removed file
+        finally:
+            os.close(self.fd)
+
+
+def _program() -> str:
+    """The command's name as the user typed it (dsee-export), else what runs it (the Python API)."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("dsee-") else "process"
