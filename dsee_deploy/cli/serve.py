@@ -67,6 +67,7 @@ def serve(argv: list[str] | None = None) -> int:
 
     from ..serve import Engine, create_app
     from ..serve.app import listen
+    from ..serve.connections import guarded_protocol
 
     sock = listen(args.host, args.port)  # first: a port in use is told before the engine loads
     # ORT's threads spin only briefly: between runs the cores belong to the event loop and the clients.
@@ -90,7 +91,9 @@ def serve(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=options.graceful_timeout_s,
-        limit_concurrency=options.max_connections,
+        # Requests in progress are limited by the app (RequestLimit), head deadlines and idle connections by
+        # the protocol: uvicorn's limit_concurrency would count half-sent heads as requests (connections.py).
+        http=guarded_protocol(options),
     )
     # On SIGTERM uvicorn stops accepting, finishes the requests in flight, runs the app's shutdown (which
     # answers whatever is still queued), then raises the signal again for the previous handler: this one, so

@@ -45,7 +45,10 @@ class GenerationConfig:
         if not isinstance(self.do_sample, bool):
             raise DSEEError(f"do_sample={self.do_sample!r} is not true or false")
         number("temperature", self.temperature)
-        if not self.temperature > 0 or not math.isfinite(self.temperature):
+        # Greedy decoding reads no temperature; 0 is how OpenAI's API spells greedy, so it is taken there.
+        if not math.isfinite(self.temperature) or not (
+            self.temperature > 0 or (self.temperature == 0 and not self.do_sample)
+        ):
             raise DSEEError(
                 f"temperature={self.temperature} is not a temperature: pass a number above 0 (1 leaves the "
                 f"model's distribution as it is), or do_sample=false for greedy decoding"
@@ -65,7 +68,8 @@ class GenerationConfig:
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         if not isinstance(self.stop, tuple | list) or not all(isinstance(s, str) and s for s in self.stop):
-            raise DSEEError(f"stop={list(self.stop)!r}: pass non-empty strings")
+            shown = list(self.stop) if isinstance(self.stop, tuple | list) else self.stop
+            raise DSEEError(f"stop={shown!r}: pass a non-empty string or a list of them")
         self.stop = tuple(self.stop)
 
 
@@ -179,21 +183,30 @@ def choose(logits: np.ndarray, config: GenerationConfig, rng) -> np.ndarray:
 
 class TextStream:
     """The text of one row's generated ids, released as it becomes final: a token that ends inside a
-    multi-byte character (byte-level BPE) is held back until the character completes; `stop` strings end it."""
+    multi-byte character (byte-level BPE) is held back until the character completes; `stop` strings end it.
+
+    Each token costs the same however long the text has grown: only the ids since the last release are decoded
+    (the text of ids[prefix:] less that of ids[prefix:read], as vLLM and TGI detokenize incrementally), and a
+    stop string is looked for only where the new text can complete it. Decoding all ids at every token made a
+    4,000-token generation quadratic."""
 
     def __init__(self, tokenizer, stop: tuple[str, ...]):
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
-        self.sent = 0  # characters of the text released so far
-        self.text = ""
+        self.text = ""  # the text so far, cut at a stop string; may end in a held-back incomplete character
+        self.sent = 0  # characters of it released so far
         self.stopped = False
+        self._prefix = self._read = 0  # ids[:read] are released; ids[prefix:read] decode to self._known
+        self._known = ""
 
     def add(self, token: int) -> str:
         """Append `token`; the new text it releases (maybe empty). Sets `stopped` at a stop string."""
         self.ids.append(int(token))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        window = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        released = self.text[: self.sent]
+        text = released + window[len(self._known) :]
         for s in self.stop:
-            at = text.find(s, max(0, self.sent - len(s)))
+            at = text.find(s, max(0, self.sent - len(s) + 1))  # one ending in released text was seen before
             if at >= 0:
                 text, self.stopped = text[:at], True
         self.text = text
@@ -202,4 +215,6 @@ class TextStream:
         # A later token can only extend the text the earlier ones decode to, except where a stop string was
         # cut: release what is new, never text already sent.
         delta, self.sent = text[self.sent :], max(self.sent, len(text))
+        self._prefix, self._read = self._read, len(self.ids)
+        self._known = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
         return delta

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import DSEEError
 from .batching import Draining, MicroBatcher
+from .connections import RequestLimit
 from .engine import Engine, check_text
 from .options import ServeOptions
 
@@ -179,6 +181,16 @@ class Metrics:
         Gauge("dsee_queue_depth", "Inputs waiting for a batch.", registry=r).set_function(
             lambda: batcher.queue_depth
         )
+        if hasattr(batcher, "rows"):  # generation
+            Gauge("dsee_generation_rows", "Prompts decoding now (/v1/generate).", registry=r).set_function(
+                lambda: batcher.rows
+            )
+            self.cancelled = Counter(
+                "dsee_generations_cancelled",
+                "Prompts of /v1/generate whose decoding stopped because their client went away.",
+                registry=r,
+            )
+            batcher.on_cancelled = self.observe_cancelled
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -189,6 +201,11 @@ class Metrics:
         self.tokens.inc(tokens)
         if tokens:
             self.time_per_token.observe(seconds / tokens)
+
+    def observe_cancelled(self, prompts: int, tokens: int) -> None:
+        """Prompts dropped because their client went away, and the tokens they had (decoded for nobody)."""
+        self.cancelled.inc(prompts)
+        self.tokens.inc(tokens)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -254,6 +271,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         )
 
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+    app.add_middleware(RequestLimit, limit=options.max_connections)
 
     async def serve(request: Request, route: str) -> Response:
         started = time.perf_counter()
@@ -290,7 +308,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         try:
             body = await read_body(request, max_body, options)
             ids, config, stream, count = parse_generation(body, options, engine)
-            events = batcher.submit(ids, config)
+            job = batcher.submit(ids, config)
         except RequestError as exc:
             return answer("generate", exc.status, {"error": str(exc)}, started)
         except ClientDisconnect:
@@ -301,7 +319,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             )
 
         async def results():  # the job's events, to its end; an engine failure raises here
-            while (event := await events.get()) is not None:
+            while (event := await job.events.get()) is not None:
                 if isinstance(event, Exception):
                     raise event
                 if "finish_reason" in event:
@@ -311,32 +329,47 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         if stream:
 
             async def sse():
-                status = 200
+                status = 499  # unless the stream ends: Starlette cancels it when the client disconnects
                 try:
                     async for event in results():
                         yield f"data: {json.dumps(event)}\n\n"
                     yield "data: [DONE]\n\n"
+                    status = 200
                 except Exception as exc:  # the status line is sent: the failure goes in the stream
                     log.exception("engine failed on a request to /v1/generate")
                     status = 500
                     yield f"data: {json.dumps({'error': f'the engine failed: {type(exc).__name__}: {exc}'})}\n\n"
                 finally:
+                    job.gone = status == 499
                     metrics.observe_request("generate", status, time.perf_counter() - started)
 
             return StreamingResponse(
                 sse(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
         generations: list = [None] * count
-        try:
+
+        async def collect() -> None:
             async for event in results():
                 if "finish_reason" in event:
                     index = event.pop("index")
                     generations[index] = event
+
+        collecting = asyncio.ensure_future(collect())
+        leaving = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if not collecting.done():  # the client went away: its rows leave the batch at the next token
+                job.gone = True
+                collecting.cancel()
+                return answer("generate", 499, {"error": "the client closed the connection"}, started)
+            collecting.result()
         except Exception as exc:
             log.exception("engine failed on a request to /v1/generate")
             return answer(
                 "generate", 500, {"error": f"the engine failed: {type(exc).__name__}: {exc}"}, started
             )
+        finally:
+            leaving.cancel()
         return answer("generate", 200, {"generations": generations}, started)
 
     def answer(route: str, status: int, payload: dict, started: float) -> Response:
@@ -361,7 +394,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     @app.get("/v1/model")
     async def model() -> dict:
         serving = {
-            "engine": str(engine.path),
+            "engine": engine.path.name,
             "task": engine.task,
             "endpoint": f"/v1/{endpoint}",
             "provider": engine.provider,
@@ -369,7 +402,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             "max_length": engine.max_length,
             **asdict(options),
         }
-        return {**engine.manifest.to_dict(), "serving": serving}
+        return {**without_paths(engine.manifest.to_dict()), "serving": serving}
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -387,20 +420,37 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     return app
 
 
+async def disconnected(request: Request) -> None:
+    """Returns when the client of `request` (its body read) closes the connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def without_paths(value):
+    """`value` with every absolute path replaced by its last part: a client learns no directory of the server."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value.rstrip("/\\")) or value
+    return value
+
+
 def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
     if endpoint == "generate":
-        return f"engine '{engine.path}' is a causal-LM engine: POST /v1/generate"
+        return f"engine '{engine.path.name}' is a causal-LM engine: POST /v1/generate"
     if route == "generate":
         return (
-            f"engine '{engine.path}' is a {engine.task} engine, so it generates no text: POST /v1/{endpoint}, or "
+            f"engine '{engine.path.name}' is a {engine.task} engine, so it generates no text: POST /v1/{endpoint}, or "
             f"serve a causal-LM engine"
         )
     if route == "embed":
         return (
-            f"engine '{engine.path}' is a {engine.task} engine, so it has no embeddings: POST /v1/predict, or "
+            f"engine '{engine.path.name}' is a {engine.task} engine, so it has no embeddings: POST /v1/predict, or "
             f"serve an engine exported with --task feature-extraction"
         )
-    return f"engine '{engine.path}' is a feature-extraction engine, so it has no labels: POST /v1/embed"
+    return f"engine '{engine.path.name}' is a feature-extraction engine, so it has no labels: POST /v1/embed"
 
 
 def listen(host: str, port: int):

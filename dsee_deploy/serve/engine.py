@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -279,9 +279,12 @@ class Engine:
         config: GenerationConfig,
         limits: list[int],
         stops: list[tuple[str, ...]],
+        cancelled: Callable[[int], bool] | None = None,
     ) -> Iterator[dict]:
         """stream() for checked prompt token ids in one batch, each row with its own token limit and stop
-        strings (several clients' requests decoding together); `config` gives the sampling and the steps."""
+        strings (several clients' requests decoding together); `config` gives the sampling and the steps.
+        A row for which `cancelled(row)` turns true (its client went away) ends at the next step with
+        finish_reason "cancelled", and the batch goes on for the others."""
         texts = [TextStream(self._prompts, stop) for stop in stops]
         done = np.zeros(len(prompts), bool)  # rows the decoder may stop feeding: each step reads it
         steps = self._decoder.steps(prompts, replace(config, max_new_tokens=max(limits)), done)
@@ -289,6 +292,10 @@ class Engine:
             for tokens in steps:
                 for row, token in enumerate(tokens.tolist()):
                     if done[row]:
+                        continue
+                    if cancelled is not None and cancelled(row):
+                        done[row] = True
+                        yield self._finished(row, texts[row], "cancelled")
                         continue
                     reason = None
                     if token in self._decoder.eos:

@@ -12,6 +12,12 @@ client gets exactly what it would get alone: greedy tokens do not depend on the 
 in a batch of its own, so that its seed gives the same tokens however many clients there are. A batch runs to
 its last row's end; requests that arrive meanwhile wait for the next (static batching, not continuous: the
 decoder graph's cache has one past length for the whole batch).
+
+A client that goes away takes its rows out of the batch: the app marks its job `gone` when the connection
+closes (streamed or not), and the decode loop ends those rows at the next token ("cancelled") and drops the job
+if it has not started. Stop strings are bounded (at most MAX_STOP of MAX_STOP_CHARS characters, as OpenAI takes
+at most 4), and each token looks for them only where its text can complete one (TextStream): the work a request
+puts on the shared loop is its prompts (--max-inputs) times its tokens (the model's positions).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from ..errors import DSEEError
 from ..runtime.generate import GenerationConfig
 
 PARAMETERS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "stop")
+MAX_STOP = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256
 _STOP = object()
 
 
@@ -40,6 +48,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     started: float = field(default_factory=time.perf_counter)
     open_rows: int = 0
+    gone: bool = (
+        False  # its client went away: decode no more of it (set by the app, read by the decode thread)
+    )
 
     def put(self, event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -53,6 +64,8 @@ class GenerationBatcher:
         self.engine = engine
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.on_batch = on_batch  # (prompts in the batch, seconds), e.g. for metrics
+        self.on_cancelled = None  # (prompts cancelled, tokens they had), e.g. for metrics
+        self.rows = 0  # prompts decoding now
         self.draining = False
         self._queue: queue.Queue = queue.Queue()
         self._held: list[Job] = []  # taken from the queue while gathering a batch, for the next one
@@ -76,26 +89,34 @@ class GenerationBatcher:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    def submit(self, ids: list[list[int]], config: GenerationConfig) -> asyncio.Queue:
+    def submit(self, ids: list[list[int]], config: GenerationConfig) -> Job:
+        """The job of these prompts, queued: read its `events`; set its `gone` if its client goes away."""
         from .batching import Draining
 
         if self.draining:
             raise Draining()
         job = Job(ids, config, asyncio.Queue(), asyncio.get_running_loop(), open_rows=len(ids))
         self._queue.put(job)
-        return job.events
+        return job
 
     def _next(self, timeout: float | None):
-        if self._held:
-            return self._held.pop(0)
-        try:
-            return (
-                self._queue.get(timeout=timeout)
-                if timeout is None or timeout > 0
-                else self._queue.get_nowait()
-            )
-        except queue.Empty:
-            return None
+        """The next job (or _STOP) to decode; jobs whose client went away while queued are dropped."""
+        while True:
+            if self._held:
+                job = self._held.pop(0)
+            else:
+                try:
+                    job = (
+                        self._queue.get(timeout=timeout)
+                        if timeout is None or timeout > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    return None
+            if job is _STOP or not job.gone:
+                return job
+            if self.on_cancelled:
+                self.on_cancelled(len(job.ids), 0)
 
     def _work(self) -> None:
         while True:
@@ -137,13 +158,25 @@ class GenerationBatcher:
         prompts = [ids for job in batch for ids in job.ids]
         limits = [job.config.max_new_tokens for job in batch for _ in job.ids]
         stops = [job.config.stop for job in batch for _ in job.ids]
-        for event in self.engine.decode(prompts, batch[0].config, limits, stops):
-            job, index = owners[event["index"]]
-            job.put({**event, "index": index})
-            if "finish_reason" in event:
-                job.open_rows -= 1
-                if job.open_rows == 0:
-                    job.put(None)
+        self.rows = len(prompts)
+        try:
+            for event in self.engine.decode(
+                prompts, batch[0].config, limits, stops, cancelled=lambda row: owners[row][0].gone
+            ):
+                job, index = owners[event["index"]]
+                if "finish_reason" in event:
+                    self.rows -= 1
+                    if event["finish_reason"] == "cancelled":
+                        if self.on_cancelled:
+                            self.on_cancelled(1, len(event["token_ids"]))
+                        continue  # nobody reads this job's events any more
+                job.put({**event, "index": index})
+                if "finish_reason" in event:
+                    job.open_rows -= 1
+                    if job.open_rows == 0:
+                        job.put(None)
+        finally:
+            self.rows = 0
 
 
 def parse_generation(body: bytes, options, engine) -> tuple[list[list[int]], GenerationConfig, bool, int]:
@@ -190,8 +223,21 @@ def parse_generation(body: bytes, options, engine) -> tuple[list[list[int]], Gen
                 f"start dsee-serve with a larger --max-chars",
             )
     values = {k: data[k] for k in PARAMETERS if k in data}
-    if isinstance(values.get("stop"), list):
-        values["stop"] = tuple(values["stop"])
+    stop = values.get("stop")
+    if isinstance(stop, list):
+        if len(stop) > MAX_STOP:
+            raise RequestError(
+                422,
+                f'"stop" holds {len(stop)} strings, over the limit of {MAX_STOP}: send at most {MAX_STOP}',
+            )
+        values["stop"] = stop = tuple(stop)
+    for s in (stop,) if isinstance(stop, str) else stop if isinstance(stop, tuple) else ():
+        if isinstance(s, str) and len(s) > MAX_STOP_CHARS:
+            raise RequestError(
+                422,
+                f'"stop" has a string of {len(s)} characters, over the limit of {MAX_STOP_CHARS}: send shorter '
+                f"stop strings",
+            )
     try:
         config = GenerationConfig(**values)
         config.check()

@@ -41,7 +41,30 @@ class ServeOptions:
     )
     max_connections: int = field(
         default=512,
-        metadata={"help": "Most connections and requests at once; beyond it new ones are answered 503."},
+        metadata={
+            "help": "Most requests in progress at once (being read, run or answered); beyond it new ones are "
+            "answered 503. Connections that have not sent a whole request head do not count: see "
+            "--header-timeout and --max-idle-connections."
+        },
+    )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "flag": "--header-timeout",
+            "help": "Longest a connection may take to send a whole request head, from its opening or the end of "
+            "its previous response (408 and closed after): half-sent heads do not hold connections.",
+        },
+    )
+    max_header_bytes: int = field(
+        default=32 * 1024,
+        metadata={"help": "Most bytes in a request head, request line and headers (431 and closed above)."},
+    )
+    max_idle_connections: int = field(
+        default=1024,
+        metadata={
+            "help": "Most connections waiting for a request head (new, idle or slow) at once; beyond it the "
+            "one waiting longest is closed for the new one."
+        },
     )
 
     graceful_timeout_s: float = field(
@@ -54,9 +77,17 @@ class ServeOptions:
     )
 
     def __post_init__(self):
-        if not self.body_timeout_s > 0:
-            raise ConfigError(f"body_timeout_s = {self.body_timeout_s}: pass a positive number of seconds")
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_connections"):
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} = {getattr(self, name)}: pass a positive number of seconds")
+        for name in (
+            "max_batch_size",
+            "max_inputs",
+            "max_chars",
+            "max_connections",
+            "max_header_bytes",
+            "max_idle_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)}: pass 1 or more")
         if self.spin_us < 0:
