@@ -5,7 +5,10 @@ how long anything took."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +169,86 @@ def test_a_killed_writer_leaves_nothing_taken_for_complete(checkpoint, tmp_path,
     code, stdout, err = run_cli(export, [checkpoint, "--output", out], capsys)
     assert code == 0 and stdout.count("saved ") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+# --- a full disk ------------------------------------------------------------------------------------------------
+
+# Run inside a mount namespace on a small tmpfs (argv: the mount, the old engine, the checkpoint, then the
+# dsee-export command): it prints what the exports printed and left, for the test to assert on.
+FULL_DISK = """
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+mnt, old, ckpt, export = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+shutil.copytree(old, mnt / "x")
+before = {p.name: p.read_bytes() for p in (mnt / "x").iterdir()}
+# 32 KB left: less than the tiny BERT's weights alone (80 KB in fp32), so that the graph's write fails.
+(mnt / "filler").write_bytes(b"0" * (shutil.disk_usage(mnt).free - 32 * 1024))
+runs = {}
+for name, flags in (("y", []), ("x", ["--overwrite"])):
+    done = subprocess.run([*export, ckpt, "--output", str(mnt / name), *flags], capture_output=True, text=True)
+    runs[name] = [done.returncode, done.stdout, done.stderr]
+from dsee_deploy.serve import Engine
+
+print(json.dumps({
+    "runs": runs,
+    "left": sorted(p.name for p in mnt.iterdir()),
+    "unchanged": {p.name: p.read_bytes() for p in (mnt / "x").iterdir()} == before,
+    "predicted": len(Engine.load(mnt / "x", threads=1).predict(["a good film"])),
+}))
+"""
+
+
+def _tmpfs_namespace(mnt: Path) -> list[str]:
+    """The command prefix that runs what follows with a 2 MB tmpfs at `mnt`, in a user and mount namespace of
+    its own (no root needed, nothing mounted outside it); skips the test where this system allows none."""
+    if shutil.which("unshare") is None:
+        pytest.skip(
+            "a full disk is made with a tmpfs in a mount namespace: unshare (util-linux) is not installed"
+        )
+    mnt.mkdir()
+    prefix = [
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=2m tmpfs "$1" && shift && exec "$@"',
+        "sh",
+    ]
+    probe = subprocess.run([*prefix, str(mnt), "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no tmpfs can be mounted in a user namespace here ({probe.stderr.strip()})")
+    return [*prefix, str(mnt)]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_engine(checkpoint, tmp_path):
+    """ENOSPC for real: a tmpfs with 32 KB left. Each export is refused in one line naming the output, the free
+    space and what the engine needs; nothing half-written is left (no work directory, lock file or failed
+    export), a new output is not created, and the engine already at an output (--overwrite) is as it was and
+    loads."""
+    import dsee_deploy as dd
+
+    dd.export(checkpoint, tmp_path / "old")
+    mnt = tmp_path / "mnt"
+    done = subprocess.run(
+        [*_tmpfs_namespace(mnt), sys.executable, "-c", FULL_DISK, str(mnt), str(tmp_path / "old")]
+        + [str(checkpoint), *DSEE_EXPORT],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=1200,  # two exports; a hang, not a slow machine
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("y", "x"):
+        code, stdout, stderr = report["runs"][name]
+        lines = stderr.strip().splitlines()
+        assert code == 2 and "saved" not in stdout and len(lines) == 1, stderr[-3000:]
+        assert lines[0].startswith(
+            f"error: no space left on device writing --output '{mnt / name}': '{mnt}' has "
+        )
+        needs = r" KB free; the engine needs at least [\d.]+ KB \([\d,]+ weights in fp32\): free space there"
+        assert re.search(needs, lines[0]), lines[0]
+    assert "is unchanged" in report["runs"]["x"][2] and "is unchanged" not in report["runs"]["y"][2]
+    assert report["left"] == ["filler", "x"]
+    assert report["unchanged"] and report["predicted"] == 1

@@ -106,6 +106,7 @@ class Precision:
     name = ""
     reduced = True  # made from the validated fp32 graph, judged by agreement and the task metric
     cpu_only = False  # its kernels run on CPU only (Triton's instance group says so)
+    bytes_per_weight = 4.0  # the engine's size on disk, per parameter (what a full disk is told it needs)
 
     def convert(self, fp32: Path, out: Path) -> dict | None:
         """Write the graph at `out` from the fp32 one; returns what the manifest records as `quantization`."""
@@ -121,6 +122,7 @@ class Fp32(Precision):
 @_register(PRECISIONS)
 class Int8(Precision):
     name = "int8"
+    bytes_per_weight = 1.0
     cpu_only = True  # QAttention, DynamicQuantizeMatMul
 
     def convert(self, fp32: Path, out: Path) -> dict:
@@ -132,6 +134,7 @@ class Int8(Precision):
 @_register(PRECISIONS)
 class Int4(Precision):
     name = "int4"
+    bytes_per_weight = 0.5
     cpu_only = True  # validated on ONNX Runtime's CPU MatMulNBits kernel only
 
     def convert(self, fp32: Path, out: Path) -> dict:
@@ -143,6 +146,7 @@ class Int4(Precision):
 @_register(PRECISIONS)
 class Fp16(Precision):
     name = "fp16"
+    bytes_per_weight = 2.0
 
     def convert(self, fp32: Path, out: Path) -> None:
         from .precision import convert_fp16

@@ -6,7 +6,10 @@ Each stage is a function that returns its piece of the Manifest; format and prec
 
 from __future__ import annotations
 
+import errno
+import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +42,9 @@ def export(
     """Merge, shrink, export, fuse, validate, reduce precision and evaluate `checkpoint` into `output`.
 
     Returns the engine's Manifest (also written as `output`/manifest.json). Raises DSEEError for bad input
-    (before anything slow) and ExportFailed when the engine does not match PyTorch or loses too much metric.
+    (before anything slow) and ExportFailed when the engine does not match PyTorch or loses too much metric. A
+    full disk (or quota) is a DSEEError naming the output, its free space and what the engine needs; nothing of
+    the export is kept, and an engine already at `output` stays as it was.
     """
     config = config or ExportConfig()
     fmt = FORMATS[config.format]
@@ -63,18 +68,81 @@ def export(
         raise DSEEError(f"--validate-data file '{config.validate_data}' does not exist: check the path")
     started = time.perf_counter()
     out = target.start()  # first: an unwritable --output fails before anything slow
+    sizes: dict = {}  # what the engine needs on disk, once the model is loaded
     try:
-        manifest = _export(src, config, base_model, out, started)
+        manifest = _export(src, config, base_model, out, started, sizes)
     except ExportFailed as exc:
         exc.path = _keep_failed(target)
         if exc.path is not None:
             exc.args = (f"{exc} (the failed export and its manifest are kept in '{exc.path}')",)
         raise
-    except BaseException:
-        target.abort()
+    except BaseException as exc:
+        target.abort()  # first: the free space reported is what is left without this export's partial files
+        full = _disk_full(exc, out.parent)
+        if full is not None:
+            raise DSEEError(_disk_full_message(full, target.target, sizes)) from exc
         raise
     target.commit()
     return manifest
+
+
+# A full disk, and a full quota: the export's own writes fail with these, deep in torch, onnx or tokenizers.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException, where: Path) -> int | None:
+    """The errno when `exc` or what it arose from is a full disk or quota under `where` (a failed write names
+    no file; a failed open does, and one elsewhere, the latency cache's, is not the output's): an OSError, or a
+    library's own error that carries the OS's message (tokenizers' Rust writer: "... (os error 28)")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            name = exc.filename
+            named = isinstance(name, (str, bytes, os.PathLike))
+            elsewhere = named and where not in Path(os.path.abspath(os.fsdecode(name))).parents
+            return None if elsewhere else exc.errno
+        for code in DISK_FULL:
+            if os.strerror(code) in str(exc):
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _disk_full_message(code: int, target: Path, sizes: dict) -> str:
+    """One line: the output, the free space where it is written, and what the engine needs where known."""
+    where = next(p for p in (target.absolute().parent, *target.absolute().parents) if p.exists())
+    needs = f"the engine needs at least {_size(sizes['bytes'])} ({sizes['what']})" if sizes else ""
+    if code == errno.EDQUOT:  # the disk's free space says nothing of the quota's
+        room, fix = needs, "free space within your quota"
+    else:
+        room = "; ".join(filter(None, (f"'{where}' has {_size(shutil.disk_usage(where).free)} free", needs)))
+        fix = "free space there"
+    kept = f"; the engine already at '{target}' is unchanged" if target.exists() else ""
+    return (
+        f"{os.strerror(code).lower()} writing --output '{target}'{': ' + room if room else ''}: {fix} or pass "
+        f"another --output (nothing of this export was kept{kept})"
+    )
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _engine_bytes(source: Source, config: ExportConfig) -> dict:
+    """A lower bound of the disk the export takes: the fp32 graph's weights, and the reduced engine written
+    beside it (the fp32 one is removed only once the reduced one is checked)."""
+    weights = sum(p.numel() for p in source.model.parameters())
+    precision = PRECISIONS[config.precision]
+    total = weights * PRECISIONS["fp32"].bytes_per_weight
+    what = f"{weights:,} weights in fp32"
+    if precision.reduced:
+        total += weights * precision.bytes_per_weight
+        what += f", and again in {precision.name} beside them"
+    return {"bytes": total, "what": what}
 
 
 def _keep_failed(target) -> Path | None:
@@ -89,8 +157,11 @@ def _keep_failed(target) -> Path | None:
     return target.commit(beside)
 
 
-def _export(src: Path, config: ExportConfig, base_model: str | None, out: Path, started: float) -> Manifest:
+def _export(
+    src: Path, config: ExportConfig, base_model: str | None, out: Path, started: float, sizes: dict
+) -> Manifest:
     source = load_source(src, config, base_model)
+    sizes.update(_engine_bytes(source, config))
     if config.validate_data and not source.task.spec.labelled:
         raise DSEEError(
             f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
