@@ -385,3 +385,123 @@ def test_backtracking_alpha_pattern_is_refused_in_one_line(tiny_bases, tmp_path)
     assert len(lines) == 1, done.stderr
     assert f"alpha_pattern key '{SLOW_FOR_BOTH}'" in lines[0] and "rewrite the key" in lines[0]
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [
+        ({"r": 0}, "r = 0, expected a positive integer"),
+        ({"r": "4"}, 'r = "4", expected a positive integer'),
+        ({"lora_alpha": "16"}, 'lora_alpha = "16", expected a number'),
+        ({"use_rslora": "false"}, 'use_rslora = "false", expected true or false'),  # a string is truthy
+        ({"alpha_pattern": ["value"]}, 'alpha_pattern = ["value"], expected an object'),
+        ({"alpha_pattern": {"value": "3"}}, 'alpha_pattern = {"value": "3"}, expected an object'),
+        ([{"peft_type": "LORA", "r": 4}], "holds a JSON list, expected an object"),
+    ],
+)
+def test_malformed_adapter_config_is_refused_in_one_line(config, named, tiny_bases, tmp_path, capsys):
+    """Each field named, where a traceback (ZeroDivisionError, TypeError, AttributeError) or a wrong scale came."""
+    from dsee_deploy.cli.export import main as export_cli
+
+    save_adapter("bert", tiny_bases["bert"], tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    if isinstance(config, dict):
+        config = json.loads(config_path.read_text()) | config
+    config_path.write_text(json.dumps(config))
+    line = one_line_error(
+        capsys,
+        export_cli,
+        [tmp_path / "adapter", "--base-model", tiny_bases["bert"], "--output", tmp_path / "e"],
+    )
+    assert named in line and "adapter_config.json" in line
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("tensor", ["attention.self.query.lora_A.weight", "classifier.weight"])
+def test_integer_adapter_weights_are_refused_in_one_line(tensor, tiny_bases, tmp_path, capsys):
+    """int64 weights (a LoRA tensor, a modules_to_save head) were cast to float without a word."""
+    from safetensors.torch import load_file, save_file
+
+    from dsee_deploy.cli.export import main as export_cli
+
+    save_adapter("bert", tiny_bases["bert"], tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(k for k in sorted(tensors) if k.endswith(tensor))
+    tensors[key] = (100 * tensors[key]).long()
+    save_file(tensors, str(weights))
+    line = one_line_error(
+        capsys,
+        export_cli,
+        [tmp_path / "adapter", "--base-model", tiny_bases["bert"], "--output", tmp_path / "e"],
+    )
+    assert (
+        key.removeprefix("base_model.model.") in line and "as int64" in line
+    )  # named as saved, or as loaded
+    assert not (tmp_path / "e").exists()
+
+
+def save_base_as(base, head: str, path):
+    """The tiny BERT base saved with another head (bert-base-uncased's hub copy holds BertForPreTraining's
+    weights: the encoder, its pooler and the pretraining heads)."""
+    import shutil
+
+    import transformers
+
+    getattr(transformers, head).from_pretrained(base).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (base / name).is_file():
+            shutil.copy(base / name, path / name)
+    return path
+
+
+def adapter_without_task_type(base, path, modules_to_save):
+    """A LoRA of a BertForSequenceClassification made without task_type, as LoraConfig allows: PEFT saves
+    task_type null and the model's own names (bert.encoder..., classifier)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    lora = LoraConfig(
+        r=4,
+        target_modules=["query", "value"],
+        modules_to_save=modules_to_save,
+        init_lora_weights=False,  # B random too: a zero B would make the comparison vacuous
+    )
+    pm = get_peft_model(model, lora)
+    pm.save_pretrained(str(path))
+    assert json.loads((path / "adapter_config.json").read_text())["task_type"] is None
+    return pm
+
+
+@pytest.mark.parametrize("base_head", ["AutoModel", "BertForPreTraining"])
+def test_adapter_without_task_type_loads_as_the_classifier_it_was_trained_as(base_head, tiny_bases, tmp_path):
+    """Its keys say what it was trained on: the base-model prefix (bert.) and the saved classifier, which only a
+    sequence classifier has. It was refused as adapting bert.encoder... 'which the base has not'."""
+    base = tiny_bases["bert"]
+    if base_head != "AutoModel":
+        base = save_base_as(base, base_head, tmp_path / "base")
+    pm = adapter_without_task_type(base, tmp_path / "adapter", ["classifier"])
+    merged, tok = dd.load_merged(tmp_path / "adapter", base_model=str(base))
+    info = dd.load_dsee(tmp_path / "adapter", base_model=str(base))[2]
+    assert info["task"]["kind"] == "classification"
+    batch = batch_for(tok)
+    with torch.no_grad():
+        want = peft_merged(pm)(**batch).logits
+        got = merged(**batch).logits
+    torch.testing.assert_close(got, want, **SAME_FUNCTION)  # merged against merged, in another order
+
+
+def test_adapter_without_task_type_or_head_asks_for_task_type(tiny_bases, tmp_path, capsys):
+    """Without a saved head, bert.encoder... fits a classifier and a language model of the base alike: the cause
+    (no task_type) is named, not the base."""
+    from dsee_deploy.cli.export import main as export_cli
+
+    adapter_without_task_type(tiny_bases["bert"], tmp_path / "adapter", None)
+    line = one_line_error(
+        capsys,
+        export_cli,
+        [tmp_path / "adapter", "--base-model", tiny_bases["bert"], "--output", tmp_path / "e"],
+    )
+    assert "records no task_type" in line and "SEQ_CLS" in line and "CAUSAL_LM" in line

@@ -56,6 +56,29 @@ UNSUPPORTED = (
 BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "eva")
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pattern_of(check):
+    return lambda value: value is None or (isinstance(value, dict) and all(map(check, value.values())))
+
+
+# The adapter_config.json fields this reader computes with, as PEFT's LoraConfig types them: (key, check of the
+# value where the key is present, what is expected). An absent key is LoraConfig's default.
+FIELDS = (
+    ("r", _positive_int, "a positive integer (the rank)"),
+    ("lora_alpha", _number, "a number"),
+    ("use_rslora", lambda value: value is None or isinstance(value, bool), "true or false"),
+    ("alpha_pattern", _pattern_of(_number), "an object of {regex: number}"),
+    ("rank_pattern", _pattern_of(_positive_int), "an object of {regex: positive integer}"),
+)
+
+
 def is_peft_adapter(path: str | Path) -> bool:
     """Whether `path` is a PEFT adapter directory (and not a dsee-tune checkpoint)."""
     from ..checkpoint import CONFIG_FILE
@@ -78,6 +101,11 @@ def read_adapter_config(path: Path) -> dict:
         config = json.loads(where.read_text())
     except (OSError, ValueError) as exc:
         raise DSEEError(f"'{where}' is not readable JSON ({exc}): restore the adapter directory") from exc
+    if not isinstance(config, dict):
+        raise DSEEError(
+            f"'{where}' holds a JSON {type(config).__name__}, expected an object (the LoraConfig PEFT's "
+            f"save_pretrained writes): restore the adapter directory"
+        )
     kind = config.get("peft_type")
     if kind != "LORA":
         raise DSEEError(
@@ -102,14 +130,20 @@ def read_adapter_config(path: Path) -> dict:
             f"'{path}' is a PEFT adapter for task {config.get('task_type')}: dsee-deploy serves "
             f"{', '.join(t for t in TASK_TYPES if t)} (or none: the base model's task)"
         )
+    for key, valid, expected in FIELDS:
+        if key in config and not valid(config[key]):
+            raise DSEEError(
+                f"'{where}' has {key} = {json.dumps(config[key])}, expected {expected}: correct the field, or "
+                f"save the adapter again with PEFT's save_pretrained"
+            )
     return config
 
 
-# How long alpha_pattern's keys may take to match all the adapted modules' names, together. PEFT matches them with
-# `re`, which backtracks exponentially on keys like '(.|.)*!' (2^n steps on a name of n characters: days on
+# How long alpha_pattern's keys may take to match all the adapted modules' names, together. PEFT matches them
+# with `re`, which backtracks exponentially on keys like '(.|.)*!' (2^n steps on a name of n characters: days on
 # bert.encoder.layer.0.attention.self.query); `regex` (a dependency of transformers) returns what `re` returns,
-# decides most such keys at once, and stops where its timeout runs out. A sane key takes microseconds a name, so
-# a large model's thousands of matches stay far inside this bound even on a busy machine.
+# decides most such keys at once, and stops where its timeout runs out. A sane key takes microseconds a name,
+# so a large model's thousands of matches stay far inside this bound even on a busy machine.
 PATTERN_SECONDS = 1.0
 
 
@@ -127,15 +161,15 @@ def module_alphas(path: Path, config: dict, names) -> dict[str, float]:
 
     compiled = []
     for key, value in keys:
-        # PEFT's own pattern string: `re` must accept it (PEFT's loader would raise on it), and `regex` (VERSION0,
-        # its default, is `re`'s syntax and semantics) then matches it.
+        # PEFT's own pattern string: `re` must accept it (PEFT's loader would raise on it), and `regex`
+        # (VERSION0, its default, is `re`'s syntax and semantics) then matches it.
         pattern = rf"(.*\.)?({key})$"
         try:
             re.compile(pattern)
             compiled.append((key, value, regex.compile(pattern)))
         except (re.error, regex.error) as exc:
             raise DSEEError(
-                f"PEFT adapter '{path}' has alpha_pattern key '{key}', which is not a regex ({exc}): fix it in "
+                f"PEFT adapter '{path}' has alpha_pattern key '{key}', which is not a regex ({exc.msg}): fix it in "
                 f"{ADAPTER_CONFIG} (a key is a Python regex matched against a module name's dotted tail, e.g. "
                 f"'query' or 'layer\\.1\\..*')"
             ) from None
@@ -164,12 +198,21 @@ def scaling(config: dict, alpha: float, rank: int) -> float:
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
+def _dtype(tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def _split(tensors: dict, path: Path) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
     """({module name: {"A": (r, in), "B": (out, r)}}, {model tensor name: tensor}) from the saved names."""
     lora, others = {}, {}
     for key, tensor in tensors.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         found = re.fullmatch(r"(.+)\.lora_([AB])(?:\.default)?\.weight", name)
+        if found and not tensor.is_floating_point():
+            raise DSEEError(
+                f"'{path / ADAPTER_WEIGHTS}' holds {key} as {_dtype(tensor)}, expected floating-point LoRA weights "
+                f"(PEFT saves float32, float16 or bfloat16): save the adapter again from the trained PEFT model"
+            )
         if found:
             lora.setdefault(found[1], {})[found[2]] = tensor
         elif ".lora_" in name:
@@ -210,31 +253,77 @@ def _num_labels(base_config, task, others: dict) -> int:
     )
 
 
-def _check_names(path: Path, base_ref: str, base_config, spec, lora: dict) -> None:
-    """Every module the adapter adapts exists in the base (checked on the meta device, before any weight loads:
-    an adapter of another architecture fails here, with the fix)."""
+def _model_names(spec, base_config) -> set[str]:
+    """The names of the modules and tensors of `spec`'s model of `base_config` (built on the meta device, which
+    allocates nothing); none where transformers has no such head for the architecture."""
     import torch
+    from transformers.utils import logging as hf_logging
 
-    with torch.device("meta"):
-        model = spec.model_class().from_config(base_config)
-    names = {n for n, _ in model.named_modules()}
-    absent = sorted(set(lora) - names)
-    if absent:
-        raise DSEEError(
-            f"PEFT adapter '{path}' adapts {absent[0]}, which '{base_ref}' (a {base_config.model_type} model) has "
-            f"not: pass --base-model with the model the adapter was trained on"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # BertLMHeadModel asks for is_decoder=True: here it is only looked at
+    try:
+        with torch.device("meta"):
+            model = spec.model_class().from_config(base_config)
+    except ValueError:  # "Unrecognized configuration class": DistilBERT has no causal LM
+        return set()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return {n for n, _ in model.named_modules()} | set(model.state_dict())
+
+
+def _task_kind(path: Path, config: dict, base_ref: str, base_config, lora: dict, others: dict) -> str:
+    """The task of the model the adapter was trained on, refused in one line where the base has not the modules
+    the adapter names. Its task_type's; without one (PEFT writes none where LoraConfig leaves it out, whatever
+    the model) the task whose model has every module and tensor the adapter names: the base's own, else the one
+    other such task (an adapter of BertForSequenceClassification names bert.encoder... and its saved classifier,
+    which a bare BertModel base has not)."""
+    from ..tasks import get_task, task_of_model
+
+    def absent(kind: str, names: list[str]) -> str | None:
+        have = _model_names(get_task(kind), base_config)
+        return next((n for n in names if n not in have), None)
+
+    def refuse(name: str, what: str):
+        return DSEEError(
+            f"PEFT adapter '{path}' {what} {name}, which '{base_ref}' (a {base_config.model_type} model) has not: "
+            f"pass --base-model with the model the adapter was trained on"
         )
+
+    adapted = sorted(lora)
+    named = TASK_TYPES[config.get("task_type")]
+    if named:
+        missing = absent(named, adapted)
+        if missing:
+            raise refuse(missing, "adapts")
+        return named
+    # a trained bias is saved as its wrapped projection's base_layer.bias
+    wanted = adapted + sorted(n.replace(".base_layer.", ".") for n in others)
+    own = task_of_model(base_config).kind
+    missing = absent(own, wanted)
+    if not missing:
+        return own
+    head = get_task(own).head
+    fits = [k for k in TASK_TYPES.values() if k and get_task(k).head != head and not absent(k, wanted)]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        types = {kind: t for t, kind in TASK_TYPES.items()}
+        raise DSEEError(
+            f"PEFT adapter '{path}' records no task_type, and its modules fit '{base_ref}' as a "
+            f"{' and as a '.join(fits)} model: set task_type in {ADAPTER_CONFIG} to the one it was trained as "
+            f"({', '.join(types[k] for k in fits)})"
+        )
+    raise refuse(missing, "adapts" if missing in lora else "holds")
 
 
 def _task(path: Path, config: dict, base_ref: str, base_path: str, lora: dict, others: dict):
     from ..data import Task
     from ..models import load_config, load_tokenizer
-    from ..tasks import Regression, get_task, task_of_model
+    from ..tasks import Regression, get_task
 
     base_config = load_config(base_path)
-    kind = TASK_TYPES[config.get("task_type")] or task_of_model(base_config).kind
+    kind = _task_kind(path, config, base_ref, base_config, lora, others)
     spec = get_task(kind)
-    _check_names(path, base_ref, base_config, spec, lora)
     tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base_path)
     positions = getattr(tokenizer, "model_max_length", 0) or 512
     from ..architectures import get_spec
@@ -380,6 +469,12 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
                 raise DSEEError(
                     f"PEFT adapter '{path}' has {name} of shape {tuple(tensor.shape)}, '{base_ref}' expects "
                     f"{tuple(state[name].shape)}: pass --base-model with the model the adapter was trained on"
+                )
+            # load_state_dict would cast silently (int64 weights to float)
+            if tensor.is_floating_point() != state[name].is_floating_point():
+                raise DSEEError(
+                    f"'{path / ADAPTER_WEIGHTS}' holds {name} as {_dtype(tensor)}, where '{base_ref}' has "
+                    f"{_dtype(state[name])}: save the adapter again from the trained PEFT model"
                 )
         model.load_state_dict(others, strict=False)
     random = [k for k in loading["missing_keys"] if k in state and k not in others]
