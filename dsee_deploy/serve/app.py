@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import DSEEError
+from . import openapi
 from .batching import Draining, MicroBatcher
 from .connections import RequestLimit
 from .engine import Engine, check_text
@@ -253,8 +254,10 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         state["ready"] = False
         await batcher.close()  # uvicorn has finished the requests in flight; answer whatever is queued
 
-    # No OpenAPI schema: the inference routes below are plain Starlette routes, which it would leave out.
+    # FastAPI's own OpenAPI generator would leave out the inference routes (plain Starlette routes, below): the
+    # document at /openapi.json is written in openapi.py, with this server's limits.
     app = FastAPI(title="dsee-serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    schema = json.dumps(openapi.document(options, endpoint, engine.task))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -403,6 +406,10 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
             **asdict(options),
         }
         return {**without_paths(engine.manifest.to_dict()), "serving": serving}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> Response:
+        return Response(schema, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict:
