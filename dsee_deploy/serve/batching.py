@@ -57,10 +57,12 @@ class MicroBatcher:
         self._peaks = [0, 0]  # peak in-flight inputs in the current and the previous window
         self._window_start = 0.0
         self._idle_since = 0.0  # loop time at which the engine finished its last batch
+        self._forming: list = []  # the batch being gathered
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue else 0
+        """Inputs waiting: in the queue, or gathered into the batch that has not run yet."""
+        return (self._queue.qsize() if self._queue else 0) + len(self._forming)
 
     @property
     def running(self) -> bool:
@@ -114,7 +116,7 @@ class MicroBatcher:
             first = await self._queue.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch = self._forming = [first]
             # Waiting counts from when the engine could take the batch: inputs that queued while it was busy
             # still wait up to max_wait for the clients just answered, who are sending their next requests.
             # Counted from their arrival instead, such a batch would close at once with whatever had queued,
@@ -136,6 +138,7 @@ class MicroBatcher:
                     stopping = True
                     break
                 batch.append(item)
+            self._forming = []
             await self._run([item for item in batch if not item.future.done()])
 
     async def _run(self, batch: list[_Item]) -> None:
