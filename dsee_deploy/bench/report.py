@@ -39,7 +39,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
         "",
         f"{results['machine']['processor'] or results['machine']['platform']}, {results['threads']} intra-op "
-        f"threads, {results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = "
+        f"thread{'' if results['threads'] == 1 else 's'}, {results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = "
         f"median over rounds of the per-round ratio of best times.",
         "",
         "## Variants",

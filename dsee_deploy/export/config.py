@@ -62,6 +62,13 @@ class ExportConfig:
         default=1.0,
         metadata={"help": "With --validate-data: fail if int8/fp16 loses more than this many metric points."},
     )
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads for PyTorch and ONNX Runtime while exporting and validating (0: all cores); the "
+            "measured speed-up is timed at the latency model's threads (see dsee-tune --latency-threads)."
+        },
+    )
     opset: int = field(default=18, metadata={"help": "ONNX opset (>= 17)."})
     atol: float = field(
         default=1e-4, metadata={"help": "Largest absolute difference accepted for the fp32 graph."}
@@ -130,6 +137,8 @@ class ExportConfig:
             raise ConfigError(f"--format '{self.format}' is not supported: use {', '.join(FORMATS)}")
         if self.task not in TASKS:
             raise ConfigError(f"--task '{self.task}' is not supported: use {', '.join(TASKS)}")
+        if self.threads < 0:
+            raise ConfigError(f"--threads {self.threads}: pass 1 or more, or 0 for all cores")
         if self.opset < 17:
             raise ConfigError(f"--opset {self.opset} is too old: pass 17 or newer")
         if self.quantize not in (None, *QUANTIZE):

@@ -52,9 +52,14 @@ def export(
     require_extra("export", "onnx", "optimum.exporters.onnx")
     require_extra("tune", "torch", "transformers", "safetensors")
     from ..checkpoint import recorded_base
+    from ..models import packaged_model
     from ..outputs import Output
+    from ..runtime.session import use_threads
 
-    src = Path(checkpoint)
+    use_threads(config.threads)
+    src = packaged_model(checkpoint) or Path(
+        checkpoint
+    )  # the packaged default by name, as dsee-tune takes it
     target = Output(
         fmt.target(Path(output), config, src),
         overwrite,

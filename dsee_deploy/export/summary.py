@@ -80,7 +80,7 @@ def describe_speedup(record: dict) -> str:
         shown.append(text)
     line = (
         f"measured speed-up against the dense engine (batch {record['batch']}, sequence {record['seq_len']}, "
-        f"{record['threads']} threads): {'; '.join(shown)}"
+        f"{record['threads']} thread{'' if record['threads'] == 1 else 's'}): {'; '.join(shown)}"
     )
     if record.get("target"):
         line += f"; target {record['target']:g}x, predicted {record['predicted']:.2f}x ({record['target_precision']})"

@@ -18,6 +18,23 @@ CPU = "CPUExecutionProvider"
 BOUNDED_SPIN_SINCE = (1, 31)
 
 
+_threads: int | None = None  # intra-op threads of sessions made without `threads` (use_threads)
+
+
+def use_threads(threads: int | None) -> None:
+    """How many CPU threads this process computes with (None or 0: all cores, the libraries' default): the
+    intra-op threads of every ONNX Runtime session made without `threads`, and PyTorch's, where it is installed.
+    What dsee-tune's and dsee-export's --threads set, so that jobs can share a machine without OMP_NUM_THREADS."""
+    global _threads
+    _threads = threads or None
+    if threads:
+        try:
+            import torch
+        except ImportError:  # an engine-only install computes with ONNX Runtime alone
+            return
+        torch.set_num_threads(threads)
+
+
 def make_session(
     path: str | os.PathLike,
     *,
@@ -39,6 +56,7 @@ def make_session(
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # ORT warns about node placement on every GPU load: noise to users
+    threads = threads or _threads
     if threads:
         options.intra_op_num_threads = threads
     if spin_us is not None:

