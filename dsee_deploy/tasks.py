@@ -25,6 +25,13 @@ class TaskSpec:
     engine_output: str = "logits"  # the output the engine reads
     labelled: bool = False  # has labels: --validate-data, dsee-bench --eval-data and the metric gate apply
     metrics: tuple[str, ...] = ()  # what training reports; the first is the default selection metric
+    # What every report of a labelled run (--validate-data, dsee-bench's tables) shows beside the selection
+    # metric: accuracy beside F1; Pearson and Spearman both, whichever selected the checkpoint.
+    reported: tuple[str, ...] = ()
+    # Where dsee-export's validation records how often the graph's outputs agree with PyTorch's on each shape
+    # (`output_agreement`), and how its summary words the count.
+    output_agreement_key: str = "argmax_agreement"
+    output_agreement_words: str = "argmax agreement"
     verb: str = ""  # the Engine method and HTTP route that serve it ("predict", "embed", "generate")
     greater_is_better: bool = True
     language_model: bool = False  # trains on blocks of text (no labels), collated for next-token prediction
@@ -46,6 +53,10 @@ class TaskSpec:
                 f"--metric '{metric}' does not apply to {self.kind}: choose one of {', '.join(self.metrics)}"
             )
         return metric
+
+    def reported_metrics(self, selected: str) -> tuple[str, ...]:
+        """The metrics a report shows: the one that selected the checkpoint first, then `reported`."""
+        return tuple(dict.fromkeys((selected, *self.reported))) if selected else self.reported
 
     def model_class(self):
         import transformers
@@ -77,7 +88,18 @@ class TaskSpec:
         raise DSEEError(f"{self.kind} has no metric {metric!r}")
 
     def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
+        """How many of two runs' predictions (`predictions`) agree, as "k/n"."""
         same = a == b
+        return f"{int(same.sum())}/{same.size}"
+
+    def agreement_with(self, other: str) -> str:
+        """What `agreement` counts against the run named `other`, in words ("agreement with pytorch"); with
+        underscores for spaces, the key --validate-data records it under."""
+        return f"agreement with {other}"
+
+    def output_agreement(self, got: np.ndarray, want: np.ndarray) -> str:
+        """How many positions of a graph output (..., width) pick the same argmax as PyTorch's, as "k/n"."""
+        same = got.argmax(-1) == want.argmax(-1)
         return f"{int(same.sum())}/{same.size}"
 
 
@@ -111,6 +133,14 @@ def task_of_model(config) -> TaskSpec:
     return _REGISTRY[FeatureExtraction.kind]
 
 
+def task_of_config(config) -> TaskSpec:
+    """The task of a loaded model: the spec whose problem_type its config carries (what dsee-tune loads with),
+    else the one its head says (task_of_model)."""
+    problem = getattr(config, "problem_type", None)
+    named = [spec for spec in _REGISTRY.values() if problem and spec.problem_type == problem]
+    return named[0] if named else task_of_model(config)
+
+
 @register
 class Classification(TaskSpec):
     kind = "classification"
@@ -118,6 +148,7 @@ class Classification(TaskSpec):
     exporter_task = "text-classification"
     labelled = True
     metrics = ("accuracy", "f1", "matthews_correlation")
+    reported = ("accuracy",)
     verb = "predict"
     problem_type = "single_label_classification"
     architectures = ("ForSequenceClassification",)
@@ -166,9 +197,14 @@ class Regression(TaskSpec):
     exporter_task = "text-classification"
     labelled = True
     metrics = ("pearson", "spearman")
+    reported = ("pearson", "spearman")  # STS papers quote Spearman; GLUE's STS-B, both
     verb = "predict"
     problem_type = "regression"
     continuous_labels = True
+    tolerance = 0.01  # two predictions agree when they are this close (the labels are scores, not classes)
+    # One output per input: an argmax would always agree.
+    output_agreement_key = f"within_{tolerance:g}"
+    output_agreement_words = f"outputs within {tolerance:g} of PyTorch's"
 
     def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
         return 1
@@ -190,9 +226,15 @@ class Regression(TaskSpec):
         return float(np.corrcoef(p, y)[0, 1] * 100)
 
     def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
-        """Within 0.01 of each other, as "k/n"."""
-        same = np.abs(a - b) <= 0.01
+        """Within `tolerance` of each other, as "k/n"."""
+        same = np.abs(a - b) <= self.tolerance
         return f"{int(same.sum())}/{same.size}"
+
+    def agreement_with(self, other: str) -> str:
+        return f"within {self.tolerance:g} of {other}"
+
+    def output_agreement(self, got: np.ndarray, want: np.ndarray) -> str:
+        return self.agreement(self.predictions(got), self.predictions(want))
 
 
 @register

@@ -1,4 +1,4 @@
-"""The task metric and accuracy of every variant on labelled data (--eval-data), computed as the served engine
+"""The task's metrics of every variant on labelled data (--eval-data), computed as the served engine
 computes them: ONNX variants run through `Engine` itself (its tokenizer, the tuned max length, its buckets and
 feeds), PyTorch variants through the same tokenization and feeds as the engine they stand beside."""
 
@@ -52,7 +52,9 @@ def load_for(variants: list[Variant], source: str, threads: int, spin_us: int) -
 
 
 def evaluate(variant: Variant, data: dict) -> dict:
-    """The task metric and accuracy (%) of `variant`, on the variant's own provider."""
+    """The scores (x 100) of `variant`, on the variant's own provider: `metric` names the one that selected the
+    checkpoint and `value` is its score; every metric the task reports (accuracy; Pearson and Spearman) is there
+    by its name too."""
     from ..runtime import TextEncoder
     from ..runtime.evaluate import evaluate_runs
     from ..serve import Engine
@@ -83,7 +85,7 @@ def evaluate(variant: Variant, data: dict) -> dict:
     return {
         "metric": task.metric,
         "value": entry["metric"],
-        **({"accuracy": entry["accuracy"]} if "accuracy" in entry else {}),
+        **{m: entry[m] for m in result["metrics"]},
         "examples": result["examples"],
         **({"majority": result["majority"]} if "majority" in result else {}),
         "max_length": encoder.max_length,

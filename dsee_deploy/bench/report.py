@@ -8,15 +8,23 @@ results.json, "schema": "dsee-bench/1":
   variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
-  accuracy     {variant: {metric, value, accuracy, examples, max_length, majority}}   (with --eval-data): `metric` is the
-               one that selected the checkpoint and `value` its score; `accuracy` beside it (classification);
-               `majority`: the scores of always answering the data's most frequent label
+  accuracy     {variant: {metric, value, <score by metric name>..., examples, max_length, majority}}   (with
+               --eval-data): `metric` is the one that selected the checkpoint and `value` its score; beside them
+               every metric the task reports, by name (accuracy for classification; pearson and spearman for
+               regression), x 100; `majority`: the scores of always answering the data's most frequent label
+
+Tables show the task's metrics in their metric columns and the plot draws the task's; report.md says in one
+line which promised plot was not drawn, and why.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..tasks import Classification, get_task
+
+PLOTS = ("latency.png", "speedup_vs_flops.png", "accuracy_vs_speedup.png")  # what the README promises
 
 
 def spin_text(method: dict) -> str:
@@ -25,16 +33,35 @@ def spin_text(method: dict) -> str:
     return f"ONNX Runtime threads spin at most {spin} us" if spin else "spinning off"
 
 
+def score_of(entry: dict, metric: str) -> float | None:
+    """The score of `metric` in an accuracy entry (results from before every metric was kept by name hold the
+    selection metric under `value` only)."""
+    if metric in entry:
+        return entry[metric]
+    return entry.get("value") if entry.get("metric") == metric else None
+
+
 def accuracy_of(entry: dict) -> float | None:
-    """Accuracy of an accuracy entry (results from before the task metric kept it under `value`)."""
-    if "accuracy" in entry:
-        return entry["accuracy"]
-    return entry.get("value") if entry.get("metric") == "accuracy" else None
+    """Accuracy of an accuracy entry."""
+    return score_of(entry, "accuracy")
+
+
+def metric_columns(results: dict) -> list[str]:
+    """The metrics the tables show beside the task metric: what each benched task reports (accuracy for
+    classification; pearson and spearman for regression)."""
+    tasks = dict.fromkeys(v.get("task", Classification.kind) for v in results["variants"])
+    return list(dict.fromkeys(m for kind in tasks for m in get_task(kind).reported))
+
+
+def _score_cell(entry: dict, metric: str) -> str:
+    value = score_of(entry, metric)
+    return "" if value is None else f"{value:.2f}" + (" %" if metric == "accuracy" else "")
 
 
 def write_markdown(results: dict, path: Path) -> None:
     accuracy = results.get("accuracy", {})
     primary = results["primary_baseline"]
+    columns = metric_columns(results)
     lines = [
         f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
         "",
@@ -44,17 +71,19 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         "## Variants",
         "",
-        "| variant | runtime | precision | parameters | on disk | heads / layer | FFN / layer | accuracy | task metric |",
-        "| --- | --- | --- | ---: | ---: | --- | --- | ---: | ---: |",
+        "| variant | runtime | precision | parameters | on disk | heads / layer | FFN / layer | "
+        + "".join(f"{m} | " for m in columns)
+        + "task metric |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | " + "---: | " * len(columns) + "---: |",
     ]
     for v in results["variants"]:
         entry = accuracy.get(v["name"], {})
-        acc = accuracy_of(entry)
         metric = f"{entry['metric']} {entry['value']:.2f}" if entry.get("value") is not None else ""
         lines.append(
             f"| {v['name']} | {v['kind']} | {v['precision']} | {v['parameters'] / 1e6:.2f} M "
             f"| {v['size_bytes'] / 1e6:.1f} MB | {_compact(v['heads'])} | {_compact(v['ffn'])} "
-            f"| {'' if acc is None else f'{acc:.2f} %'} | {metric} |"
+            + "".join(f"| {_score_cell(entry, m)} " for m in columns)
+            + f"| {metric} |"
         )
     common = next((a for a in accuracy.values() if a.get("majority")), None)
     if common:
@@ -121,6 +150,8 @@ def write_markdown(results: dict, path: Path) -> None:
                 top = ", ".join(f"{o['op']} {o['ms']:.2f} ({o['share'] * 100:.0f} %)" for o in p["ops"][:6])
                 lines.append(f"| {name} | {p['kernel_ms_per_run']:.2f} | {top} |")
         lines.append("")
+    for names, why in plots_not_drawn(results).items():
+        lines += [f"{names} {'are' if ',' in names else 'is'} not drawn: {why}.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -183,18 +214,19 @@ def _frontier_shape(results: dict) -> tuple[int, int] | None:
 
 def _targets(results: dict) -> list[str]:
     """The variants pruned to a speed target: the target, the latency model's prediction, the speed-up measured
-    here against the primary baseline and the task accuracy."""
+    here against the primary baseline and the task's metrics (metric_columns)."""
     targeted = [v for v in results["variants"] if v.get("target")]
     shape = _frontier_shape(results)
     if not targeted or shape is None:
         return []
     primary = results["primary_baseline"]
     accuracy = results.get("accuracy", {})
+    columns = metric_columns(results)
     lines = [
         f"## Speed targets (batch {shape[0]}, sequence {shape[1]}, against {primary})",
         "",
-        "| variant | precision | target | predicted | measured | accuracy |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| variant | precision | target | predicted | measured |" + "".join(f" {m} |" for m in columns),
+        "| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(columns),
     ]
     for v in targeted:
         up = next(
@@ -205,10 +237,11 @@ def _targets(results: dict) -> list[str]:
             ),
             None,
         )
-        acc = accuracy_of(accuracy.get(v["name"], {}))
+        entry = accuracy.get(v["name"], {})
         lines.append(
             f"| {v['name']} | {v['precision']} | {v['target']:g}x | {v['predicted']:.2f}x (fp32 model) | "
-            f"{'' if up is None else f'{up:.2f}x'} | {'' if acc is None else f'{acc:.2f} %'} |"
+            f"{'' if up is None else f'{up:.2f}x'} |"
+            + "".join(f" {_score_cell(entry, m)} |" for m in columns)
         )
     return [*lines, ""]
 
@@ -262,26 +295,13 @@ def write_plots(results: dict, out: Path) -> list[str]:
     fig.savefig(out / "speedup_vs_flops.png", dpi=120)
     written.append("speedup_vs_flops.png")
 
-    accuracy = results.get("accuracy", {})
-    shape = _frontier_shape(results)
-    if shape and any(accuracy_of(a) is not None for a in accuracy.values()):
-        # The frontier: accuracy against the speed-up measured here; engines pruned to a speed target joined
-        # by a line per precision, every other variant (full fine-tuning, unpruned DSEE, ratio-pruned) a point.
+    metric, points = _frontier(results)
+    if points:
+        # The frontier: the task's metric against the speed-up measured here; engines pruned to a speed target
+        # joined by a line per precision, every other variant (full fine-tuning, unpruned DSEE, ratio-pruned) a
+        # point.
+        shape = _frontier_shape(results)
         variants = {v["name"]: v for v in results["variants"]}
-        points = {}
-        for name, acc in accuracy.items():
-            if accuracy_of(acc) is None or name not in variants:
-                continue
-            up = (
-                1.0
-                if name == primary
-                else next(
-                    (s["median"] for s in ups if s["variant"] == name and (s["batch"], s["seq"]) == shape),
-                    None,
-                )
-            )
-            if up is not None:
-                points[name] = (up, accuracy_of(acc))
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for precision, marker in (("fp32", "o"), ("int8", "^"), ("fp16", "s")):
             line = sorted(
@@ -299,8 +319,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
         _label_points(fig, ax, points)
         ax.set(
             xlabel=f"measured speed-up vs {primary} (batch {shape[0]}, sequence {shape[1]})",
-            ylabel="accuracy (%)",
-            title="accuracy against measured speed-up",
+            ylabel="accuracy (%)" if metric == "accuracy" else f"{metric} x 100",
+            title=f"{metric} against measured speed-up",
         )
         ax.grid(True, alpha=0.3)
         if any(v.get("target") for v in variants.values()):
@@ -310,6 +330,64 @@ def write_plots(results: dict, out: Path) -> list[str]:
         written.append("accuracy_vs_speedup.png")
     plt.close("all")
     return written
+
+
+def _frontier_metric(results: dict) -> str | None:
+    """The metric accuracy_vs_speedup.png draws: the one that selected the checkpoints where the tables show it
+    (pearson or spearman), else the first the tables show (accuracy beside F1)."""
+    columns = metric_columns(results)
+    selected = [a.get("metric") for a in results.get("accuracy", {}).values()]
+    return next((m for m in selected if m in columns), columns[0] if columns else None)
+
+
+def _frontier(results: dict) -> tuple[str | None, dict[str, tuple[float, float]]]:
+    """(metric, {variant: (speed-up against the primary baseline at the frontier shape, score)}): the points
+    of accuracy_vs_speedup.png, for every variant with both."""
+    metric, shape = _frontier_metric(results), _frontier_shape(results)
+    if metric is None or shape is None:
+        return metric, {}
+    primary = results["primary_baseline"]
+    names = {v["name"] for v in results["variants"]}
+    points = {}
+    for name, entry in results.get("accuracy", {}).items():
+        score = score_of(entry, metric)
+        if score is None or name not in names:
+            continue
+        up = (
+            1.0
+            if name == primary
+            else next(
+                (
+                    s["median"]
+                    for s in results["speedups"]
+                    if (s["variant"], s["baseline"], s["batch"], s["seq"]) == (name, primary, *shape)
+                ),
+                None,
+            )
+        )
+        if up is not None:
+            points[name] = (up, score)
+    return metric, points
+
+
+def plots_not_drawn(results: dict) -> dict[str, str]:
+    """The plots of PLOTS that write_plots leaves out, and why: {names: reason}, one line of report.md each."""
+    if not results["timings"]:
+        return {
+            ", ".join(PLOTS): "no encoder shapes were timed (a causal LM is timed generating text; the "
+            "generation table is the result)"
+        }
+    metric, points = _frontier(results)
+    if points:
+        return {}
+    if "accuracy" not in results:
+        why = "no --eval-data was given (pass labelled data to plot the task metric against the speed-up)"
+    elif metric is None:
+        kinds = ", ".join(dict.fromkeys(v.get("task", Classification.kind) for v in results["variants"]))
+        why = f"{kinds} engines have no metric to plot (--eval-data scores labelled tasks)"
+    else:
+        why = f"no variant has both a {metric} score and a speed-up against {results['primary_baseline']}"
+    return {PLOTS[2]: why}
 
 
 def _label_points(fig, ax, points: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..manifest import Manifest
+from ..tasks import get_task
 from .validate import max_diff
 
 
@@ -32,21 +33,29 @@ def summarize(manifest: Manifest, out: Path) -> str:
         )
     reduced = manifest.validation_reduced
     if reduced:
-        agree = [c["argmax_agreement"] for c in reduced["checks"] if "argmax_agreement" in c]
+        task = get_task(manifest.task)  # what agreement means: the same argmax, values within 0.01
+        key = task.output_agreement_key
+        agree = [c[key] for c in reduced["checks"] if key in c]
         lines.append(
             f"{manifest.precision}: max |diff| {max_diff(reduced):.2e} against PyTorch (not judged by --atol)"
-            + (f"; argmax agreement {', '.join(agree)} on the validation shapes" if agree else "")
+            + (
+                f"; {task.output_agreement_words} {', '.join(agree)} on the validation shapes"
+                if agree
+                else ""
+            )
         )
     if manifest.speedup:
         lines.append(describe_speedup(manifest.speedup))
     data = manifest.validate_data
     if data:
+        # Per run: the selection metric, the task's other metrics by name (accuracy; spearman beside pearson),
+        # and its agreement with the runs before it, worded by the task ("agreement with", "within 0.01 of").
         rows = "; ".join(
             f"{name} {r['metric']:.2f}"
             + "".join(
                 f", {k.replace('_', ' ')} {_number(v)}"
                 for k, v in r.items()
-                if k != "metric" and not (k == "accuracy" and data["metric"] == "accuracy")
+                if k not in ("metric", data["metric"])
             )
             for name, r in data["results"].items()
         )

@@ -1,5 +1,6 @@
-"""Scoring runs on labelled texts: the task's metric (the one that selected the checkpoint) and accuracy, and
-how often the runs agree with each other. Shared by dsee-export --validate-data and dsee-bench --eval-data."""
+"""Scoring runs on labelled texts: the task's metrics (the one that selected the checkpoint, and those the task
+reports beside it: accuracy; Pearson and Spearman), and how often the runs agree with each other, in the task's
+terms (the same class; within 0.01). Shared by dsee-export --validate-data and dsee-bench --eval-data."""
 
 from __future__ import annotations
 
@@ -31,24 +32,26 @@ def evaluate_runs(
     encoder: TextEncoder,
     runs: dict[str, tuple[Callable, Callable]],
 ) -> dict:
-    """Per run name: the task metric and accuracy (classification) on `texts`; `runs` maps a name to
-    (feeds builder, run), both as runtime.run_texts takes them. Every run after the first records its
-    agreement with the first; after the second, with the second too (PyTorch, then the fp32 engine)."""
+    """Per run name: "metric" (the score of the metric that selected the checkpoint) and every metric the task
+    reports, by name (spec.reported_metrics), on `texts`; `runs` maps a name to (feeds builder, run), both as
+    runtime.run_texts takes them. Every run after the first records its agreement with the first; after the
+    second, with the second too (PyTorch, then the fp32 engine), under the key spec.agreement_with names."""
     spec = task.spec
     predictions = {
         name: spec.predictions(run_texts(texts, encoder, feeds, run, BATCH))
         for name, (feeds, run) in runs.items()
     }
     names = list(predictions)
+    metrics = spec.reported_metrics(task.metric)
     results = {}
     for i, (name, pred) in enumerate(predictions.items()):
-        entry = {"metric": spec.score(task.metric, pred, labels, task.positive, len(task.label_names))}
-        if "accuracy" in spec.metrics:
-            entry["accuracy"] = spec.score("accuracy", pred, labels)
+        scores = {m: spec.score(m, pred, labels, task.positive, len(task.label_names)) for m in metrics}
+        entry = {"metric": scores[task.metric], **scores}
         for other in names[: min(i, 2)]:
-            entry[f"agreement_with_{other.replace(' ', '_')}"] = spec.agreement(pred, predictions[other])
+            key = spec.agreement_with(other).replace(" ", "_")
+            entry[key] = spec.agreement(pred, predictions[other])
         results[name] = entry
-    report = {"examples": len(labels), "metric": task.metric, "results": results}
+    report = {"examples": len(labels), "metric": task.metric, "metrics": list(metrics), "results": results}
     if not spec.continuous_labels and len(labels):
         report["majority"] = majority(labels, task)
     return report
