@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..manifest import Manifest
@@ -93,7 +94,28 @@ def describe_speedup(record: dict) -> str:
     )
     if record.get("target"):
         line += f"; target {record['target']:g}x, predicted {record['predicted']:.2f}x ({record['target_precision']})"
+        line += f": {target_verdict(record)}"
     return line
+
+
+def target_verdict(record: dict) -> str:
+    """Whether the engine of the target's precision meets the speed target as measured, or how far it is short
+    and the target to prune for instead."""
+    target = record["target"]
+    measured = next(
+        (e["measured"] for name, e in record["engines"].items() if name.endswith(record["target_precision"])),
+        None,
+    )
+    if measured is None:
+        return f"no {record['target_precision']} engine was measured against it"
+    if measured >= target:
+        return f"meets {target:g}x ({measured:.2f}x measured)"
+    short = 1 - measured / target
+    again = math.ceil(target * target / measured * 10) / 10  # the target scaled by the shortfall, up a tenth
+    return (
+        f"short of {target:g}x by {100 * short:.1f} % ({measured:.2f}x measured): prune again with "
+        f"--target-speedup {again:g}"
+    )
 
 
 def _number(value) -> str:
