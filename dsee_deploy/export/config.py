@@ -54,8 +54,9 @@ class ExportConfig:
     validate_data: str | None = field(
         default=None,
         metadata={
-            "help": "A labelled file (.tsv/.csv/.jsonl) of the checkpoint's task: report its metric (the one "
-            "that selected the checkpoint) and accuracy, and the prediction agreement of PyTorch and each engine."
+            "help": "A labelled file (.tsv/.csv/.jsonl) of the checkpoint's task: report its metrics (the one "
+            "that selected the checkpoint first; accuracy for classification, Pearson and Spearman for "
+            "regression), and how often PyTorch and each engine agree (the same class, or within 0.01)."
         },
     )
     max_metric_drop: float = field(
