@@ -47,7 +47,7 @@ class ArchSpec:
     attention: str = ""
     attention_skip: str = ""
     skip_returns_context: bool = False
-    default_targets: tuple[str, ...] = ("query", "value")
+    default_targets: tuple[str, ...] = TARGETS  # all six: benchmarks/tuning/defaults_vs_recipe
     # ONNX Runtime's transformer optimizer family (onnxruntime.transformers.optimizer model_type)
     ort_model_type: str = "bert"
     # A decoder-only language model: pre-trained as a causal LM, and ONNX Runtime's fusions leave its attention

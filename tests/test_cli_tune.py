@@ -129,8 +129,18 @@ def test_gpt2_causal_lm_on_a_text_file(tiny_bases, tmp_path, capsys):
     model, tok, info = load_dsee(out)
     assert info["task"]["kind"] == "causal-lm"
     layers = list(dsee_layers(model))
-    # the packed c_attn of each block carries two updates: query rows and value rows
-    assert len(layers) == 2 and all(set(layer.updates) == {"query", "value"} for _, layer in layers)
+    # the default targets, all six: the packed c_attn of each block carries three updates (the query, key and
+    # value rows), and each of attn.c_proj, mlp.c_fc and mlp.c_proj one
+    updates = {name: set(layer.updates) for name, layer in layers}
+    assert len(updates) == 8 and sum(u == {"query", "key", "value"} for u in updates.values()) == 2
+    assert sorted(n.split(".", 3)[-1] for n, u in updates.items() if u != {"query", "key", "value"}) == [
+        "attn.c_proj",
+        "attn.c_proj",
+        "mlp.c_fc",
+        "mlp.c_fc",
+        "mlp.c_proj",
+        "mlp.c_proj",
+    ]
 
 
 @pytest.mark.parametrize(

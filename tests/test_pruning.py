@@ -203,8 +203,10 @@ def test_a_surgery_that_changes_the_function_is_caught(tiny_bases, tmp_path, mon
         with (
             torch.no_grad()
         ):  # a surgery bug: wrong values in layer 0's FFN output (logits move ~2.6e-2 here)
-            block = get_spec("bert").blocks(model)[0]
-            block.output.dense.weight.mul_(100.0)
+            dense = get_spec("bert").blocks(model)[0].output.dense
+            getattr(dense, "base_layer", dense).weight.mul_(
+                100.0
+            )  # a DSEE layer (ffn_out is tuned) or Linear
 
     monkeypatch.setattr(prune_module, "apply_structure", faulty)
     model, _ = make_checkpoint("bert", tiny_bases["bert"], tmp_path / "dense")

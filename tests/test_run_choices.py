@@ -33,13 +33,18 @@ def test_a_teacher_run_prints_its_distillation_and_a_resumed_run_its_learning_ra
         "--teacher",
         teacher,
         "--lr",
-        "2e-3",
+        "1e-3",
         "--threads",
         "1",
     ]
     code, _, err = run_cli(tune, [*argv, *data], capsys)
     assert code == 0, err
-    assert "training: lr 0.002 (--lr)," in err and ", 1 thread\n" in err  # not "1 threads"
+    assert "training: lr 0.001 (--lr)," in err
+    # the update it trains, the defaults (the recipe) spelled as the flags that give them
+    assert (
+        "update: low-rank r 4 (scale alpha/r 2) + 16 sparse per matrix: --rank 4 --alpha 8 --num-sparse 16 "
+        "--sparse-init grebsmo --target-modules query,key,value,attn_out,ffn_in,ffn_out\n" in err
+    ) and ", 1 thread\n" in err  # not "1 threads"
     assert f"distilling from '{teacher}': loss = 0.5 x task + 0.5 x KL to its softened logits (T 2)" in err
 
     pruned = tmp_path / "pruned"
@@ -57,9 +62,9 @@ def test_a_teacher_run_prints_its_distillation_and_a_resumed_run_its_learning_ra
     ]
     code, _, err = run_cli(tune, [*argv, *data], capsys)
     assert code == 0, err
-    # re-tuned at the default while the checkpoint was tuned at 2e-3: said, with the flag that keeps it
+    # re-tuned at the default while the checkpoint was tuned at 1e-3: said, with the flag that keeps it
     assert (
-        f"training: lr 0.001 (the default for DSEE); '{student}' was tuned at 0.002: pass --lr 0.002" in err
+        f"training: lr 0.002 (the default for DSEE); '{student}' was tuned at 0.001: pass --lr 0.001" in err
     )
     metrics = json.loads((pruned / "metrics.json").read_text())
     assert metrics["tune_epochs"] == 0 and metrics["epochs"] > 0  # the re-tuning ran: before, "epochs": 0.0

@@ -181,7 +181,8 @@ def test_trainable_share_on_a_bert_base_sized_model():
     from transformers import BertConfig
 
     model = AutoModelForSequenceClassification.from_config(BertConfig(num_labels=2))
-    inject_dsee(model, DSEEConfig(sparse_init="random"))
+    paper = DSEEConfig(rank=16, alpha=32, target_modules=("query", "value"), sparse_init="random")
+    inject_dsee(model, paper)
     for p in model.classifier.parameters():
         p.requires_grad_(True)
     trainable, total = count_parameters(model)

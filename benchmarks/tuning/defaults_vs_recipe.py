@@ -26,6 +26,9 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SICK = "--text-column sentence_A --text-pair-column sentence_B --label-column relatedness_score"
 RECIPE = "--rank 4 --alpha 8 --lr 2e-3 --target-modules query,key,value,attn_out,ffn_in,ffn_out"
+# dsee-tune's defaults when these runs were made, which were then replaced by RECIPE: spelled out, so that the
+# "defaults" runs are reproduced by today's dsee-tune (they ran with no flags of their own).
+OLD_DEFAULTS = "--rank 16 --alpha 32 --lr 1e-3 --target-modules query,value"
 
 # name -> (task, variant, the flags after `dsee-tune`); every run also got `--output RUNS/<name> --overwrite`.
 COMMANDS = {
@@ -48,8 +51,10 @@ COMMANDS = {
 
 def command(name: str, rows: int) -> str:
     task, variant, flags = COMMANDS[name]
-    if flags is None:  # the recipe: the defaults' command plus the recipe's flags
+    if flags is None:  # the recipe: the defaults' command plus the recipe's flags (today's defaults)
         flags = COMMANDS[name[:-1] + "a"][2] + " " + RECIPE
+    else:
+        flags += " " + OLD_DEFAULTS
     return "dsee-tune " + flags.format(rows=rows) + f" --output /work/runs-defaults/{name}"
 
 

@@ -312,6 +312,8 @@ class Session:
             f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %)"
         )
         _log(self.choices())
+        if run.dsee is not None:
+            _log(describe_dsee(run.dsee))
         self.train_ds, self.eval_ds, self.test_ds = data.encode_all(run.tokenizer)
         self.work = out / "trainer"
         metrics: dict = {"method": "full" if run.dsee is None else "dsee"}
@@ -599,6 +601,15 @@ class Session:
 
         run = self.run
         return CheckpointInfo(out, run.task, metrics, run.dsee, run.pruning, int(self.steps), self.wall)
+
+
+def describe_dsee(dsee) -> str:
+    """The DSEE update a run trains, as the flags that give it (the defaults are the measured-best recipe)."""
+    flags = (
+        f"--rank {dsee.rank} --alpha {dsee.alpha:g} --num-sparse {dsee.num_sparse} --sparse-init "
+        f"{dsee.sparse_init} --target-modules {','.join(dsee.target_modules)}"
+    )
+    return f"update: low-rank r {dsee.rank} (scale alpha/r {dsee.scaling:g}) + {dsee.num_sparse} sparse per matrix: {flags}"
 
 
 def describe_distillation(d, teacher: str | None, task) -> str:
