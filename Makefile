@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?=
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint docs clean
 
 install: $(VENV)/.installed
 
@@ -24,5 +24,17 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# The site of docs/ into site/; strict: a broken link or anchor, or a page outside the nav, fails the build.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The docs extra needs no torch, so a fresh clone builds the site without the full install; where `make install`
+# has run, this adds mkdocs to the same venv.
+$(VENV)/.docs-installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $@
+
 clean:
-	rm -rf $(VENV) runs demo-runs
+	rm -rf $(VENV) runs demo-runs site

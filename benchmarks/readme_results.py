@@ -1,6 +1,9 @@
-"""Regenerate the README's measured-results tables from the recorded dsee-bench runs in benchmarks/results/.
+"""Regenerate the measured-results tables of docs/benchmarks.md from the recorded dsee-bench runs in
+benchmarks/results/ (the README's headline table copies a few of their cells by hand).
 
-python benchmarks/readme_results.py          # rewrites the block between the results markers in README.md
+python benchmarks/readme_results.py          # rewrites the block between the results markers in docs/benchmarks.md
+
+Paths outside docs/ are named in backticks, not linked: `mkdocs build --strict` refuses links that leave docs/.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from dsee_deploy.bench.report import accuracy_of, spin_text
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "benchmarks.md"
 RUNS = {
     "bert-base": "dsee-bench --suite benchmarks/suites/bert-base-geometry.toml --output benchmarks/results/bert-base "
     "--work bench/bert-base/work --profile",
@@ -73,16 +77,15 @@ def main() -> int:
             f"{results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = median of "
             f"per-round ratios "
             f"(min-max). Produced by:\n\n    {command}\n\n{table(results, batch, seq)}\n\n"
-            f"All shapes, p90/p99 and throughput: [`benchmarks/results/{name}/report.md`]"
-            f"(benchmarks/results/{name}/report.md)."
+            f"All shapes, p90/p99 and throughput: `benchmarks/results/{name}/report.md`."
         )
-    readme = (ROOT / "README.md").read_text()
-    if START not in readme:
-        print(f"README.md has no {START} marker", file=sys.stderr)
+    page = PAGE.read_text()
+    if START not in page:
+        print(f"{PAGE.relative_to(ROOT)} has no {START} marker", file=sys.stderr)
         return 1
-    head, rest = readme.split(START, 1)
+    head, rest = page.split(START, 1)
     tail = rest.split(END, 1)[1]
-    (ROOT / "README.md").write_text(head + START + "\n\n" + "\n\n".join(blocks) + "\n\n" + END + tail)
+    PAGE.write_text(head + START + "\n\n" + "\n\n".join(blocks) + "\n\n" + END + tail)
     return 0
 
 

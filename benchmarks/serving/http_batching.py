@@ -52,7 +52,10 @@ def main() -> int:
     p.add_argument("--out", default=str(HERE / "http_batching"))
     a = p.parse_args()
     if not (Path(a.engine) / "manifest.json").is_file():
-        print(f"no engine at '{a.engine}': export one with dsee-export (README: Export)", file=sys.stderr)
+        print(
+            f"no engine at '{a.engine}': export one with dsee-export (docs/commands/dsee-export.md)",
+            file=sys.stderr,
+        )
         return 2
     if not Path(a.data).is_file():
         print(f"'{a.data}' not found: pass --data with a .tsv whose first column is text", file=sys.stderr)
