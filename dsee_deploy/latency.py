@@ -25,7 +25,12 @@ what else runs only slows an engine. Passes are timed until that lowest figure i
 a second pass within 5 % of it (at least three passes, at most six); how far the second-best pass stayed from
 the best at worst is recorded with the model, and warned of when over 5 %.
 
-Measured once per machine, runtime, precision, batch, sequence length and threads, and cached as JSON under
+The engines are built one after another onto disk, and each group's ONNX Runtime sessions are opened when it is
+timed and closed after (the dense engine's stays open): memory holds one group, not the grid (BERT-base's 143
+engines open at once passed 18 GB; benchmarks/latency/memory records the peaks).
+
+Measured once per geometry, machine, runtime, precision, batch, sequence length and threads, and for every
+encoder task alike (their heads cost next to nothing: measured_task), and cached as JSON under
 $DSEE_DEPLOY_CACHE (default ~/.cache/dsee-deploy)/latency. A cached model is checked when it is read (its grids
 those of the key's geometry, every figure a finite, positive latency, the table never falling as a count grows):
 a damaged or edited file is measured again, with a warning naming it and what is wrong, so that no layout is ever
@@ -34,6 +39,7 @@ chosen from figures that cannot be right.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -49,7 +55,9 @@ import numpy as np
 
 from .errors import DSEEError
 
-FORMAT_VERSION = 3  # 1: two one-dimensional series; 2: a table timed by the clock, one pass
+# 1: two one-dimensional series; 2: a table timed by the clock, one pass. What a file holds, not its key: the key
+# is hashed into the file's name, so a model of another key (3's num_labels, now its head) is another file.
+FORMAT_VERSION = 3
 PRECISIONS = ("fp32", "int8")
 STEADY = 0.05  # a point's lowest figure is confirmed by a second pass this close to it
 MIN_PASSES, MAX_PASSES = 3, 6
@@ -245,8 +253,21 @@ def cache_dir() -> Path:
     return Path(root) / "latency"
 
 
-def latency_key(model_config, precision: str, batch: int, seq_len: int, threads: int, provider: str) -> dict:
-    """Everything a latency model's figures depend on: change any and it is measured again."""
+def measured_task(task_spec):
+    """The task whose engines a latency model of `task_spec` times. An encoder's task head (a classifier, a
+    regressor, a sentence embedding's pooling) is one small matrix over one pooled vector, a fraction of a per
+    cent of the encoder's cost, so every encoder task is timed with the classification head and shares one
+    model; a language model's head is a hidden x vocabulary matrix at every position, a large share of its cost,
+    so it is timed with it."""
+    from .tasks import Classification, get_task
+
+    return task_spec if task_spec.language_model else get_task(Classification.kind)
+
+
+def latency_key(
+    model_config, task_spec, precision: str, batch: int, seq_len: int, threads: int, provider: str
+) -> dict:
+    """Everything a latency model's figures depend on, and nothing else: change any and it is measured again."""
     import onnxruntime
 
     from .architectures import get_spec
@@ -261,7 +282,7 @@ def latency_key(model_config, precision: str, batch: int, seq_len: int, threads:
         "num_heads": int(spec.num_heads(model_config)),
         "ffn_width": int(spec.ffn_width(model_config)),
         "vocab_size": int(model_config.vocab_size),
-        "num_labels": int(getattr(model_config, "num_labels", 0)),
+        "head": measured_task(task_spec).kind,  # not the label count: see measured_task
         "precision": precision,
         "batch": int(batch),
         "seq_len": int(seq_len),
@@ -294,7 +315,7 @@ def latency_model(
         raise DSEEError(f"latency precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     threads = threads or os.cpu_count() or 1
     seq_len = fitting_length(model_config, seq_len)
-    key = latency_key(model_config, precision, batch, seq_len, threads, provider)
+    key = latency_key(model_config, task_spec, precision, batch, seq_len, threads, provider)
     if grid:
         for values, full, what in (
             (grid[0], key["num_heads"], "heads"),
@@ -444,7 +465,8 @@ def build_engine(
     model_config, task_spec, layout: list[dict] | None, precision: str, out: Path, seed: int = 0
 ) -> Path:
     """An engine of `model_config`'s geometry pruned to `layout` (None: dense), with random weights, exported,
-    fused and (int8) quantized as dsee-export makes them. Returns the .onnx path."""
+    fused and (int8) quantized as dsee-export makes them, with the head of measured_task(task_spec). Returns the
+    .onnx path."""
     import torch
 
     from .architectures import get_spec
@@ -454,15 +476,13 @@ def build_engine(
     from .export.optimize import optimize_for_cpu
     from .export.precision import quantize_int8
     from .surgery import apply_structure
-    from .tasks import Classification, get_task
 
     spec = get_spec(model_config.model_type)
+    task_spec = measured_task(task_spec)
     model_config = model_config.__class__.from_dict(model_config.to_dict())
     model_config.pruned_heads = {}  # a pruned model's config lists its pruned heads; from_config would prune them
-    if (
-        task_spec.pooled
-    ):  # a sentence encoder costs what the classifier's encoder does; its head is negligible
-        task_spec = get_task(Classification.kind)
+    if not task_spec.language_model:  # one engine for every encoder task: the same head whatever the labels
+        model_config.num_labels, model_config.problem_type = 2, None
     torch.manual_seed(seed)
     model = task_spec.model_class().from_config(model_config).eval()
     with torch.no_grad():
@@ -472,47 +492,98 @@ def build_engine(
         apply_structure(model, layout, spec)
     out.mkdir(parents=True, exist_ok=True)
     graph = export_onnx(model, _tokenizer(), task_spec, out, ExportConfig().opset)  # dsee-export's opset
+    del model
     optimize_for_cpu(graph, spec.ort_model_type, fuse_skip_layernorm=False)
+    # onnxruntime.transformers' optimizer leaves its graph behind in reference cycles (the model and its fusions
+    # point at each other; four copies of the ModelProto, 68 MB each for MiniLM, 440 MB for BERT-base). Python's
+    # cycle collector counts objects, not bytes, so with transformers loaded its full collection comes seldom:
+    # building a grid's engines one after another, each left up to 2 GB (BERT-base) until then, and resident
+    # memory grew by 120-350 MB per engine (benchmarks/latency/memory). Collected here, it stays flat.
+    gc.collect()
     if precision == "int8":
         quantized = out / "model_int8.onnx"
         quantize_int8(graph, quantized)
+        gc.collect()
         return quantized
     return graph
 
 
+class Runner:
+    """One inference of an engine on a fixed input, as dsee-bench runs it; `session` is its ORT session, closed
+    when the last reference to it goes."""
+
+    def __init__(self, session, feeds: dict) -> None:
+        self.session, self.feeds = session, feeds
+
+    def __call__(self):
+        return self.session.run(None, self.feeds)
+
+
 def runners_of(
     paths: dict, architecture: str, vocab_size: int, batch: int, seq_len: int, threads: int, provider: str
-) -> dict:
-    """A runner (one inference on a fixed input) of each engine, as dsee-bench runs them."""
+) -> dict[str, Runner]:
+    """A runner of each engine of `paths` ({name: .onnx path}), every one on the same input (token ids from a
+    fixed seed), in the order of `paths`."""
     from .architectures import get_spec
     from .runtime import make_session
 
-    rng = np.random.default_rng(0)
     vocab = int(vocab_size)
+    ids = np.random.default_rng(0).integers(
+        min(5, vocab - 1), min(1000, vocab), size=(batch, seq_len), dtype=np.int64
+    )  # (batch, seq_len)
     runners = {}
     for name, path in paths.items():
         session = make_session(path, threads=threads, providers=[provider], spin_us=100, sequential=True)
-        ids = rng.integers(min(5, vocab - 1), min(1000, vocab), size=(batch, seq_len), dtype=np.int64)
         names = [i.name for i in session.get_inputs()]
-        feeds = get_spec(architecture).feeds(names, ids, np.ones_like(ids))
-        runners[name] = lambda s=session, f=feeds: s.run(None, f)
+        runners[name] = Runner(session, get_spec(architecture).feeds(names, ids, np.ones_like(ids)))
     return runners
 
 
-def relative_pass(runners: dict, dense, groups: list[list], rounds: int) -> tuple[dict, list[float]]:
+def held(runners: dict):
+    """A group opener (see relative_pass) over runners already open: for a few engines, or callables."""
+    return lambda names: nullcontext({name: runners[name] for name in names})
+
+
+@contextmanager
+def group_sessions(paths: dict, kept, *session_args):
+    """A group opener (see relative_pass) over the engines of `paths`, which opens a group's sessions when it is
+    timed and closes them after, so that only one group is in memory at a time rather than the grid (MiniLM's 143
+    engines open together took 14 GB, BERT-base's would take over 24 GB). The engine `kept` (the dense one, in
+    every group) stays open throughout. `session_args`: runners_of's after `paths`."""
+    held_open = runners_of({kept: paths[kept]}, *session_args)
+
+    @contextmanager
+    def open_group(names: list):
+        group = runners_of({n: paths[n] for n in names if n not in held_open}, *session_args)
+        group = {n: held_open[n] if n in held_open else group[n] for n in names}
+        try:
+            yield group
+        finally:
+            group.clear()  # the caller's name for the group stays bound after its `with`: this closes them
+
+    try:
+        yield open_group
+    finally:
+        held_open.clear()
+
+
+def relative_pass(runners, dense, groups: list[list], rounds: int, opened=None) -> tuple[dict, list[float]]:
     """One pass over the grid: each group timed interleaved with the dense engine; an engine's figure is the
     median over rounds of its best time over the dense engine's best in the same round. Returns those ratios and
-    the dense engine's best times (s)."""
+    the dense engine's best times (s).
+
+    `runners`: {name: runner} of every engine, or a group opener: called with a group's names (dense first), a
+    context manager giving {name: runner} for them while it is open (group_sessions). `opened`: called with
+    those runners as each group is opened."""
     from .bench.timing import interleave
 
+    open_group = runners if callable(runners) else held(runners)
     ratios, dense_best = {dense: 1.0}, []
     for group in groups:
-        timings = interleave(
-            {name: runners[name] for name in [dense, *[g for g in group if g != dense]]},
-            rounds=rounds,
-            warmup=1,
-            target_block_s=0.1,
-        )
+        with open_group([dense, *[g for g in group if g != dense]]) as group_runners:
+            if opened:
+                opened(group_runners)
+            timings = interleave(group_runners, rounds=rounds, warmup=1, target_block_s=0.1)
         reference = np.asarray(timings[dense].best)
         dense_best.extend(timings[dense].best)
         for name in group:
@@ -550,21 +621,24 @@ def confirmed_passes(
 
 
 def time_grid(
-    runners: dict,
+    runners,
     dense,
     groups: list[list],
     rounds: int,
     progress=None,
     passes: tuple[int, int] = (MIN_PASSES, MAX_PASSES),
+    opened=None,
 ) -> tuple[dict, list[dict], float]:
     """Latency (ms) of every engine of `groups`, timed against `dense` in confirmed passes (confirmed_passes,
     at least passes[0], at most passes[1]), the groups in reverse order every other pass so that no group always
     runs at the same moment of a pass. An engine's latency is its lowest ratio times the dense engine's lowest
-    median time of a pass. Returns the latencies, each pass's ratios and the spread (steady_ratios)."""
+    median time of a pass. `runners` and `opened`: relative_pass's. Returns the latencies, each pass's ratios
+    and the spread (steady_ratios)."""
     dense_best = []
 
     def one_pass(i: int) -> dict:
-        ratios, best = relative_pass(runners, dense, groups if i % 2 == 0 else groups[::-1], rounds)
+        order = groups if i % 2 == 0 else groups[::-1]
+        ratios, best = relative_pass(runners, dense, order, rounds, opened)
         dense_best.append(float(np.median(best)))
         return ratios
 
@@ -574,16 +648,29 @@ def time_grid(
 
 
 def measure(
-    model_config, task_spec, precision, batch, seq_len, threads, provider, heads_grid, ffn_grid, rounds
+    model_config,
+    task_spec,
+    precision,
+    batch,
+    seq_len,
+    threads,
+    provider,
+    heads_grid,
+    ffn_grid,
+    rounds,
+    *,
+    opened=None,
 ) -> tuple[dict, int, float]:
     """Latency (ms) of the uniform layouts (h heads and f neurons in every layer) of the grid, the passes timed
-    and their spread (time_grid)."""
+    and their spread (time_grid). `opened`: called with each group's runners as its sessions are opened."""
     shapes = [(h, f) for h in heads_grid for f in ffn_grid]
     with _quiet_optimum():
-        return _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes)
+        return _measure(
+            model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes, opened
+        )
 
 
-def _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes):
+def _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes, opened):
     from tqdm.auto import tqdm
 
     from .architectures import get_spec
@@ -596,6 +683,9 @@ def _measure(model_config, task_spec, precision, batch, seq_len, threads, provid
     )
     dense = (n_heads, width)
     with tempfile.TemporaryDirectory(prefix="dsee-latency-") as tmp:
+        # Every engine is built first and kept on disk, then the passes open one group at a time: what is timed
+        # is what it was when every session stayed open (the grid in passes, each group against the dense
+        # engine), at the cost of opening each group's sessions again in every pass.
         paths = {}
         for h, f in tqdm(shapes, desc="latency model: building engines", leave=False):
             layout = None if (h, f) == dense else uniform_layout(n_layers, h, f)
@@ -604,9 +694,6 @@ def _measure(model_config, task_spec, precision, batch, seq_len, threads, provid
             )
         if dense not in paths:
             paths[dense] = str(build_engine(model_config, task_spec, None, precision, Path(tmp) / "dense"))
-        runners = runners_of(
-            paths, model_config.model_type, model_config.vocab_size, batch, seq_len, threads, provider
-        )
         heads = sorted({h for h, _ in shapes})
         groups = [[s for s in shapes if s[0] == h] for h in heads]  # one head count, every FFN width
         bar = tqdm(total=MIN_PASSES, desc="latency model: timing passes", leave=False)
@@ -617,8 +704,12 @@ def _measure(model_config, task_spec, precision, batch, seq_len, threads, provid
             bar.update(1)
             bar.set_postfix_str(f"best figures confirmed within {spread:.1%}")
 
+        session_args = (model_config.model_type, model_config.vocab_size, batch, seq_len, threads, provider)
         try:
-            measured, timed, spread = time_grid(runners, dense, groups, rounds, progress)
+            with group_sessions(paths, dense, *session_args) as open_group:
+                measured, timed, spread = time_grid(
+                    open_group, dense, groups, rounds, progress, opened=opened
+                )
             return measured, len(timed), spread
         finally:
             bar.close()
