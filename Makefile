@@ -21,8 +21,9 @@ test: install
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m dsee_deploy.demo $(if $(DATA),--data $(DATA))
 
+# ruff, and the package's layers (import-linter's contracts in pyproject.toml: no upward import, no cycle)
 lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 # The site of docs/ into site/; strict: a broken link or anchor, or a page outside the nav, fails the build.
 docs: $(VENV)/.docs-installed

@@ -29,8 +29,8 @@ from .bench.config import BenchConfig
 from .bench.run import BenchResults
 from .errors import ConfigError, DSEEError
 from .export.config import ExportConfig
-from .export.run import ExportFailed
 from .manifest import Manifest
+from .pipeline.export import ExportFailed
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointInfo
@@ -44,29 +44,29 @@ SAMPLES = Path(__file__).parent / "samples"
 
 
 def tune(train, output, **kwargs) -> CheckpointInfo:
-    """Tune a model with DSEE and save a checkpoint; see dsee_deploy.tuning.run.tune for the arguments."""
+    """Tune a model with DSEE and save a checkpoint; see dsee_deploy.pipeline.tune.tune for the arguments."""
     from .errors import require_extra
 
     require_extra("tune", "torch", "transformers", "datasets", "safetensors")
-    from .tuning.run import tune as _tune
+    from .pipeline.tune import tune as _tune
 
     return _tune(train, output, **kwargs)
 
 
 def prune(checkpoint, config: PruneConfig, output, **kwargs) -> CheckpointInfo:
-    """Prune a checkpoint into a new one; see dsee_deploy.pruning.run.prune for the arguments."""
+    """Prune a checkpoint into a new one; see dsee_deploy.pipeline.prune.prune for the arguments."""
     from .errors import require_extra
 
     require_extra("tune", "torch", "transformers", "datasets", "safetensors")
-    from .pruning.run import prune as _prune
+    from .pipeline.prune import prune as _prune
 
     return _prune(checkpoint, config, output, **kwargs)
 
 
 def export(checkpoint, output, config: ExportConfig | None = None, **kwargs) -> Manifest:
     """Export a checkpoint (or transformers model directory) to a validated engine; see
-    dsee_deploy.export.run.export for the arguments."""
-    from .export.run import export as _export
+    dsee_deploy.pipeline.export.export for the arguments."""
+    from .pipeline.export import export as _export
 
     return _export(checkpoint, output, config, **kwargs)
 

@@ -107,7 +107,7 @@ def demo(argv: list[str] | None = None) -> int:
     pruned = dd.tune(
         train, root / "pruned", **files, resume=tuned.path, config=retune, prune=prune_config, overwrite=True
     )
-    from .pruning.run import pruning_report
+    from .pipeline.prune import pruning_report
 
     print(pruning_report(pruned.path))
 

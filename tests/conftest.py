@@ -323,7 +323,7 @@ def classifier(engines):
 def short_speedup_passes():
     """dsee-export times its speed-up in passes of at least 4 s, to spread them over a shared machine's slow
     stretches; the tests' tiny engines run the same passes without the minimum (32 exports measure one)."""
-    from dsee_deploy import latency
+    from dsee_deploy.speed import speedup as latency
 
     previous, latency.SPEEDUP_PASS_S = latency.SPEEDUP_PASS_S, 0.0
     yield

@@ -64,7 +64,7 @@ def test_the_verbs_and_their_configs_are_the_public_surface():
         assert all(f.metadata.get("help") for f in fields(cls)), f"{config} has a field without help"
     # Importing dsee_deploy.export or dsee_deploy.bench (the packages) leaves the verbs in place.
     import dsee_deploy.bench.harness  # noqa: F401
-    import dsee_deploy.export.run  # noqa: F401
+    import dsee_deploy.export.onnx  # noqa: F401
 
     assert callable(dd.export) and callable(dd.bench)
 

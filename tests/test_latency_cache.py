@@ -11,10 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from dsee_deploy import latency
 from dsee_deploy.errors import DSEEError
-from dsee_deploy.latency import DamagedLatencyModel, LatencyModel, cache_dir, latency_model
 from dsee_deploy.pruning.search import search_layout
+from dsee_deploy.speed import latency
+from dsee_deploy.speed.latency import cache_dir, latency_model
+from dsee_deploy.speed.table import DamagedLatencyModel, LatencyModel
 
 
 def stand_in_figures(heads_grid, ffn_grid) -> dict:

@@ -11,7 +11,8 @@ import weakref
 import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from dsee_deploy.latency import cache_dir, latency_key, latency_model, measure
+from dsee_deploy.speed.latency import cache_dir, latency_key, latency_model
+from dsee_deploy.speed.passes import measure
 from dsee_deploy.tasks import task_of_model
 
 # A small grid of the tiny BERT (4 heads, 48 FFN neurons): 6 engines in 3 groups, measured in seconds.
@@ -110,7 +111,7 @@ def test_every_encoder_task_builds_the_classifiers_engine(kind, tiny_bases, tmp_
     (the same graph, node for node), whatever its labels."""
     import onnx
 
-    from dsee_deploy.latency import build_engine
+    from dsee_deploy.speed.engines import build_engine
     from dsee_deploy.tasks import get_task
 
     config = AutoConfig.from_pretrained(tiny_bases["bert"], num_labels=1 if kind == "regression" else 5)

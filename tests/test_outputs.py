@@ -122,7 +122,7 @@ def test_output_checks_happen_before_the_work(checkpoint, tmp_path, capsys, monk
     """An output that cannot be used is refused before the model loads, not after an export: asserted as the
     load never being reached (a time limit fails on a loaded machine without a defect: issue 40, item 12)."""
     from dsee_deploy.errors import DSEEError
-    from dsee_deploy.export import run as export_run
+    from dsee_deploy.pipeline import export as export_run
 
     loaded = []
 
@@ -146,7 +146,7 @@ def test_output_checks_happen_before_the_work(checkpoint, tmp_path, capsys, monk
 def test_an_interrupted_run_leaves_the_previous_output_and_nothing_complete_looking(
     checkpoint, tiny_bases, sst_like, tmp_path, capsys, monkeypatch
 ):
-    from dsee_deploy.tuning import run as tuning
+    from dsee_deploy.pipeline import tune as tuning
 
     out = tmp_path / "run"
     code, _, err = run_cli(

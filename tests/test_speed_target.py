@@ -16,9 +16,10 @@ from dsee_deploy.cli.export import main as export
 from dsee_deploy.cli.prune import main as prune
 from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.errors import DSEEError
-from dsee_deploy.latency import LatencyModel, cache_dir, latency_model
 from dsee_deploy.manifest import Manifest
 from dsee_deploy.pruning.search import search_layout
+from dsee_deploy.speed.latency import cache_dir, latency_model
+from dsee_deploy.speed.table import LatencyModel
 
 
 def linear_model(layers=2, heads=3, ffn=4, head_ms=1.0, ffn_ms=0.5, fixed=2.0) -> LatencyModel:
@@ -70,7 +71,7 @@ def test_an_unreachable_target_is_refused_with_the_best_reachable_speedup():
 def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_bases, monkeypatch):
     from transformers import AutoConfig
 
-    from dsee_deploy import latency
+    from dsee_deploy.speed import latency
     from dsee_deploy.tasks import get_task
 
     config = AutoConfig.from_pretrained(tiny_bases["bert"])
@@ -100,7 +101,7 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
 
 
 def test_passes_of_the_grid_keep_each_engines_lowest_ratio_and_how_far_the_next_best_pass_was():
-    from dsee_deploy.latency import steady_ratios
+    from dsee_deploy.speed.passes import steady_ratios
 
     combined, spread = steady_ratios([{"dense": 1.0, "small": 0.5}, {"dense": 1.0, "small": 0.6}])
     assert combined["small"] == pytest.approx(0.5) and spread == pytest.approx(0.2)
@@ -113,7 +114,7 @@ def test_passes_of_the_grid_keep_each_engines_lowest_ratio_and_how_far_the_next_
 
 
 class Clock:
-    """A clock of the test's own, standing in for time.perf_counter where dsee_deploy.bench.timing reads it:
+    """A clock of the test's own, standing in for time.perf_counter where dsee_deploy.speed.timing reads it:
     seconds pass only when a runner spends them, so that the figures timed are the costs given, exactly. Real
     sleeps of 1 and 4 ms are not: on a shared 2-core machine a 1 ms sleep can take several, and a test of what
     time_grid does with the figures would fail on the machine's load instead (issue 40, item 12)."""
@@ -132,8 +133,8 @@ def test_the_grid_is_timed_again_until_the_undisturbed_figure_is_seen_twice(monk
     """time_grid times callables against the dense one. While an engine's cost changes from pass to pass (a
     machine disturbed under the measurement), more passes are timed until its lowest figure has been seen twice,
     and that figure is kept; if it never repeats, timing stops at the limit with the spread recorded."""
-    from dsee_deploy.bench import timing
-    from dsee_deploy.latency import MAX_PASSES, MIN_PASSES, time_grid
+    from dsee_deploy.speed import timing
+    from dsee_deploy.speed.passes import MAX_PASSES, MIN_PASSES, time_grid
 
     clock = Clock()
     monkeypatch.setattr(timing, "time", clock)  # interleave's runs are timed on the test's clock
@@ -173,7 +174,7 @@ def test_the_grid_is_timed_again_until_the_undisturbed_figure_is_seen_twice(monk
 MEASURE_IN_A_PROCESS = """
 import json, sys
 from transformers import AutoConfig
-from dsee_deploy.latency import latency_model
+from dsee_deploy.speed.latency import latency_model
 from dsee_deploy.tasks import get_task
 config = AutoConfig.from_pretrained(sys.argv[1])
 config.num_labels = 2
@@ -232,7 +233,7 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     # The prediction is of this layout: the cached latency model gives it again.
     from transformers import AutoConfig
 
-    from dsee_deploy.latency import LatencyModel as LM
+    from dsee_deploy.speed.table import LatencyModel as LM
 
     cached = [LM.from_dict(json.loads(p.read_text())) for p in cache_dir().glob("*.json")]
     model = next(m for m in cached if m.key == target["latency_model"])

@@ -58,8 +58,14 @@ def child(name: str, threads: int, out: Path) -> None:
     """Measure the latency model of geometry `name` in this process, writing what happened to `out` (JSON), also
     as it goes (a child stopped by the watchdog leaves its last state)."""
     import dsee_deploy
-    from dsee_deploy import latency
     from dsee_deploy.tasks import get_task
+
+    try:  # where each function is looked up when called: dsee_deploy.speed's modules, or the old latency.py
+        from dsee_deploy.speed import engines, latency, passes
+    except ImportError:
+        from dsee_deploy import latency
+
+        engines = passes = latency
 
     started = time.perf_counter()
     record: dict = {
@@ -103,7 +109,7 @@ def child(name: str, threads: int, out: Path) -> None:
     sampler.start()
 
     # Instrumentation by wrapping the module's own functions (looked up by name when called, in both codes).
-    build_engine, runners_of = latency.build_engine, latency.runners_of
+    build_engine, runners_of = passes.build_engine, engines.runners_of
 
     def counted_build(*args, **kwargs):
         if "measuring" not in marks:
@@ -120,14 +126,14 @@ def child(name: str, threads: int, out: Path) -> None:
             save()
         return runners_of(*args, **kwargs)
 
-    time_grid = latency.time_grid
+    time_grid = passes.time_grid
 
     def recorded_grid(*args, **kwargs):  # each engine's ratio to the dense engine in each pass
         measured, timed, spread = time_grid(*args, **kwargs)
         record["pass_ratios"] = {f"h{n[0]}-f{n[1]}": [round(p[n], 4) for p in timed] for n in timed[0]}
         return measured, timed, spread
 
-    latency.build_engine, latency.runners_of, latency.time_grid = counted_build, first_sessions, recorded_grid
+    passes.build_engine, engines.runners_of, passes.time_grid = counted_build, first_sessions, recorded_grid
     config = geometry(name)
     cache = tempfile.mkdtemp(prefix="dsee-latency-memory-")
     os.environ["DSEE_DEPLOY_CACHE"] = cache  # fresh: really measured
@@ -197,7 +203,7 @@ def run(a) -> int:
 
 
 def machine_info() -> dict:
-    from dsee_deploy.bench.harness import machine, versions
+    from dsee_deploy.speed.machine import machine, versions
 
     info = {**machine(), **versions()}
     import transformers

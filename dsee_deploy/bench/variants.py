@@ -169,7 +169,7 @@ _MODELS: dict[str, object] = {}
 
 
 def load_torch(source: Path, kind: str):
-    from ..interop.peft import is_peft_adapter
+    from ..checkpoint import is_peft_adapter
 
     key = f"{kind}:{source}"
     if key not in _MODELS:

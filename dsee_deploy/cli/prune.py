@@ -44,15 +44,15 @@ def prune(argv: list[str] | None = None) -> int:
     from ..errors import DSEEError, require_extra
 
     require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from ..pipeline.prune import pruning_report
     from ..pruning.config import PruneConfig
-    from ..pruning.run import pruning_report
 
     args = build_parser().parse_args(argv)
     if args.report:
         print(pruning_report(args.checkpoint))
         return 0
+    from ..pipeline.prune import prune as prune_verb
     from ..pruning.prune import format_report
-    from ..pruning.run import prune as prune_verb
 
     config = from_args(PruneConfig, args)
     if config.any and not args.output:

@@ -55,10 +55,10 @@ def tune(argv: list[str] | None = None) -> int:
     from ..errors import require_extra
 
     require_extra("tune", "torch", "transformers", "datasets", "safetensors")
+    from ..pipeline.tune import tune as tune_verb
     from ..pruning.config import PruneConfig
     from ..tuning.config import DSEEConfig
     from ..tuning.options import TuneConfig
-    from ..tuning.run import tune as tune_verb
 
     args = build_parser().parse_args(argv)
     config = from_args(TuneConfig, args)

@@ -1,5 +1,6 @@
-"""Other tools' formats in and out: PEFT's LoRA adapters (`peft`)."""
+"""Other tools' formats out: a checkpoint written as PEFT's LoRA adapter (`peft`). Reading PEFT adapters is the
+checkpoint package's (checkpoint.peft_adapter): every command takes one where it takes a checkpoint."""
 
-from .peft import is_peft_adapter, load_peft_adapter, to_peft
+from .peft import to_peft
 
-__all__ = ["is_peft_adapter", "load_peft_adapter", "to_peft"]
+__all__ = ["to_peft"]

@@ -190,7 +190,7 @@ def choose_layout(
 
 def latency_for(model: nn.Module, config: PruneConfig, log=print):
     """The latency model of `model`'s geometry and task for the engine `config`'s speed target is about."""
-    from ..latency import latency_model
+    from ..speed.latency import latency_model
     from ..tasks import task_of_model
 
     model_config = model.config.__class__.from_dict(model.config.to_dict())

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..errors import DSEEError
-from ..latency import LatencyModel
+from ..speed.latency import LatencyModel
 
 # How far a measured speed-up fell from its prediction, at worst, in the latency model's checks on this project's
 # machines (benchmarks/latency/minilm-fp32-amd-2026-12-07.md: 2.8 % at 2 threads, 1.8 % at 1): the layout search

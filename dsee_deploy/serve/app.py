@@ -7,8 +7,8 @@
     GET  /healthz     the process is up;  GET /readyz  the engine is warm and requests are taken
     GET  /metrics     Prometheus: requests, errors, latency, batch sizes, queue depth
 
-Request bodies are parsed here rather than by pydantic, so that every bad request gets one status and one
-line saying what to change: malformed JSON 400, a wrong shape 422, too many or too long inputs 413.
+Request bodies are read and checked by requests.py, each bad request answered with one status and one line
+saying what to change.
 """
 
 from __future__ import annotations
@@ -38,104 +38,14 @@ from ..errors import DSEEError
 from . import openapi
 from .batching import Draining, MicroBatcher
 from .connections import RequestLimit
-from .engine import Engine, check_text
+from .engine import Engine
 from .options import ServeOptions
+from .requests import BYTES_PER_CHAR, RequestError, parse_generation, parse_inputs, read_body
 
 log = logging.getLogger("dsee_deploy.serve")
 
 # The task each endpoint serves, and the key of its answer.
 ENDPOINTS = {"predict": "predictions", "embed": "embeddings", "generate": "generations"}
-# JSON can spell one character in up to 12 bytes (a surrogate pair as two \uXXXX escapes).
-_BYTES_PER_CHAR = 12
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def parse_inputs(body: bytes, options: ServeOptions) -> list:
-    """The inputs of a request body, or a RequestError that says what to change."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f'the body is not valid JSON ({exc}): send {{"inputs": ["a text"]}}') from exc
-    except RecursionError:
-        raise RequestError(
-            400, 'the body nests JSON too deeply to parse: send {"inputs": ["a text"]}'
-        ) from None
-    if not isinstance(data, dict) or "inputs" not in data:
-        raise RequestError(
-            422, 'the body has no "inputs": send {"inputs": ["a text", ["a text", "its pair"]]}'
-        )
-    inputs = data["inputs"]
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestError(422, '"inputs" must be a non-empty list of texts or [text, text pair] pairs')
-    if len(inputs) > options.max_inputs:
-        raise RequestError(
-            413,
-            f'"inputs" holds {len(inputs)} inputs, over the limit of {options.max_inputs}: split the request, '
-            f"or start dsee-serve with a larger --max-inputs",
-        )
-    items = []
-    for i, x in enumerate(inputs):
-        if isinstance(x, list) and len(x) == 2 and all(isinstance(t, str) for t in x):
-            x = (x[0], x[1])
-        elif not isinstance(x, str):
-            raise RequestError(422, f"inputs[{i}] is not a text or a [text, text pair] pair of texts")
-        try:
-            check_text(x, f"inputs[{i}]")
-        except DSEEError as exc:
-            raise RequestError(422, str(exc)) from None
-        longest = max(map(len, x)) if isinstance(x, tuple) else len(x)
-        if longest > options.max_chars:
-            raise RequestError(
-                413,
-                f"inputs[{i}] has a text of {longest} characters, over the limit of {options.max_chars}: "
-                f"shorten it, or start dsee-serve with a larger --max-chars",
-            )
-        items.append(x)
-    return items
-
-
-async def read_body(request: Request, max_body: int, options: ServeOptions) -> bytes:
-    """The request body, read while counting: refused (413) as soon as it passes `max_body` bytes, whatever
-    Content-Length says or when the body is chunked, and (408) when the client takes longer than
-    `options.body_timeout_s` to send it. Starlette's request.body() reads everything first."""
-    declared = request.headers.get("content-length")
-    too_large = RequestError(
-        413,
-        f"the body has more than {max_body} bytes, more than {options.max_inputs} inputs of "
-        f"{options.max_chars} characters can take: split the request",
-    )
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise too_large
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + options.body_timeout_s
-    chunks, size = [], 0
-    stream = request.stream()
-    try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(stream), max(deadline - loop.time(), 0))
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise RequestError(
-                    408,
-                    f"the body took longer than {options.body_timeout_s:g} s to arrive: send it at once (the "
-                    f"server's --body-timeout)",
-                ) from None
-            size += len(chunk)
-            if size > max_body:
-                raise too_large
-            chunks.append(chunk)
-    finally:
-        await stream.aclose()
-    return b"".join(chunks)
 
 
 class Metrics:
@@ -240,7 +150,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     batcher.on_batch = metrics.observe_batch
     state = {"ready": False}
     # Bodies longer than this cannot pass the limits; refuse them before reading them.
-    max_body = options.max_inputs * (2 * options.max_chars * _BYTES_PER_CHAR + 16) + 1024
+    max_body = options.max_inputs * (2 * options.max_chars * BYTES_PER_CHAR + 16) + 1024
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -302,8 +212,6 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
 
     async def generate(request: Request) -> Response:
         from fastapi.responses import StreamingResponse
-
-        from .generation import parse_generation
 
         if endpoint != "generate":
             return await serve(request, "generate")

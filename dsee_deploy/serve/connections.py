@@ -15,7 +15,7 @@ real request away (503) for as long as they stayed. Hence, here:
 
 These are subclasses and a middleware rather than a reverse proxy's work done by hand because the server must
 be safe on its own (tests, a container without a proxy); in production a proxy in front (nginx, Envoy) still
-buffers slow clients and terminates TLS: see the README's "Serving" section.
+buffers slow clients and terminates TLS: see docs/serving-production.md.
 """
 
 from __future__ import annotations

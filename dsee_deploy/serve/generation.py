@@ -15,7 +15,7 @@ decoder graph's cache has one past length for the whole batch).
 
 A client that goes away takes its rows out of the batch: the app marks its job `gone` when the connection
 closes (streamed or not), and the decode loop ends those rows at the next token ("cancelled") and drops the job
-if it has not started. Stop strings are bounded (at most MAX_STOP of MAX_STOP_CHARS characters, as OpenAI takes
+if it has not started. Stop strings are bounded (requests.py: at most MAX_STOP of MAX_STOP_CHARS characters, as OpenAI takes
 at most 4), and each token looks for them only where its text can complete one (TextStream): the work a request
 puts on the shared loop is its prompts (--max-inputs) times its tokens (the model's positions).
 """
@@ -23,18 +23,13 @@ puts on the shared loop is its prompts (--max-inputs) times its tokens (the mode
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import DSEEError
 from ..runtime.generate import GenerationConfig
 
-PARAMETERS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "stop")
-MAX_STOP = 4  # OpenAI's limit
-MAX_STOP_CHARS = 256
 _STOP = object()
 
 
@@ -177,71 +172,3 @@ class GenerationBatcher:
                         job.put(None)
         finally:
             self.rows = 0
-
-
-def parse_generation(body: bytes, options, engine) -> tuple[list[list[int]], GenerationConfig, bool, int]:
-    """(prompt token ids, config, stream, prompt count) of a /v1/generate body, or a RequestError."""
-    from .app import RequestError
-    from .engine import check_text
-
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(
-            400, f'the body is not valid JSON ({exc}): send {{"prompt": "a text", "max_new_tokens": 32}}'
-        ) from None
-    if not isinstance(data, dict) or ("prompt" in data) == ("prompts" in data):
-        raise RequestError(
-            422, 'the body needs "prompt" (a text) or "prompts" (a list of texts): send {"prompt": "a text"}'
-        )
-    prompts = [data["prompt"]] if "prompt" in data else data["prompts"]
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise RequestError(422, '"prompt" must be a text and "prompts" a non-empty list of texts')
-    if len(prompts) > options.max_inputs:
-        raise RequestError(
-            413,
-            f'"prompts" holds {len(prompts)} prompts, over the limit of {options.max_inputs}: split the request, '
-            f"or start dsee-serve with a larger --max-inputs",
-        )
-    unknown = sorted(set(data) - {"prompt", "prompts", "stream", *PARAMETERS})
-    if unknown:
-        raise RequestError(
-            422, f'unknown field "{unknown[0]}": the fields are prompt(s), stream, {", ".join(PARAMETERS)}'
-        )
-    stream = data.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError(422, f'"stream" is {json.dumps(stream)}: send true or false')
-    for i, p in enumerate(prompts):
-        try:
-            check_text(p, f"prompts[{i}]")
-        except DSEEError as exc:
-            raise RequestError(422, str(exc)) from None
-        if len(p) > options.max_chars:
-            raise RequestError(
-                413,
-                f"prompts[{i}] has {len(p)} characters, over the limit of {options.max_chars}: shorten it, or "
-                f"start dsee-serve with a larger --max-chars",
-            )
-    values = {k: data[k] for k in PARAMETERS if k in data}
-    stop = values.get("stop")
-    if isinstance(stop, list):
-        if len(stop) > MAX_STOP:
-            raise RequestError(
-                422,
-                f'"stop" holds {len(stop)} strings, over the limit of {MAX_STOP}: send at most {MAX_STOP}',
-            )
-        values["stop"] = stop = tuple(stop)
-    for s in (stop,) if isinstance(stop, str) else stop if isinstance(stop, tuple) else ():
-        if isinstance(s, str) and len(s) > MAX_STOP_CHARS:
-            raise RequestError(
-                422,
-                f'"stop" has a string of {len(s)} characters, over the limit of {MAX_STOP_CHARS}: send shorter '
-                f"stop strings",
-            )
-    try:
-        config = GenerationConfig(**values)
-        config.check()
-        ids = engine.prompt_ids(prompts, config)
-    except (DSEEError, TypeError) as exc:
-        raise RequestError(422, str(exc)) from None
-    return ids, config, stream, len(prompts)

@@ -11,8 +11,8 @@ refuses.
 
 from __future__ import annotations
 
-from .generation import MAX_STOP, MAX_STOP_CHARS
 from .options import ServeOptions
+from .requests import MAX_STOP, MAX_STOP_CHARS
 
 ERROR = {
     "type": "object",

@@ -24,10 +24,16 @@ class Source:
 
 def load_source(src: Path, config, base_model: str | None = None) -> Source:
     """The model as tuned (merged, shrunk, in fp32), its tokenizer, task and pruning record."""
-    from ..checkpoint import CONFIG_FILE, load_dsee, load_merged, read_checkpoint_info, read_pruning
-    from ..interop.peft import is_peft_adapter
+    from ..checkpoint import (
+        CONFIG_FILE,
+        is_peft_adapter,
+        load_dsee,
+        load_merged,
+        read_checkpoint_info,
+        read_pruning,
+    )
+    from ..export.pooling import pooling_of, sentence_encoder
     from ..tuning import unwrap_dsee
-    from .pooling import pooling_of, sentence_encoder
 
     if is_peft_adapter(src):
         model, tokenizer, info = load_dsee(src, base_model)

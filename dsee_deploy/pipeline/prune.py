@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import DSEEError, require_extra
-from .config import PruneConfig
+from ..pruning.config import PruneConfig
 
 
 def prune(
@@ -34,9 +34,9 @@ def prune(
     )
     from ..data import Task
     from ..outputs import Output
+    from ..pruning.masks import load_masks
+    from ..pruning.prune import prune_model
     from ..tuning import DSEEConfig
-    from .masks import load_masks
-    from .prune import prune_model
 
     ckpt = Path(checkpoint)
     if not config.any:
@@ -96,7 +96,7 @@ def pruning_report(checkpoint: str | Path) -> str:
     """What was pruned (per layer), parameters and FLOPs, and the task metrics before pruning and now."""
     from ..checkpoint import read_checkpoint_info, read_pruning
     from ..data import Task
-    from .prune import format_report
+    from ..pruning.prune import format_report
 
     ckpt = Path(checkpoint)
     info = read_checkpoint_info(ckpt)

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from ..errors import DSEEError, require_extra
+from ..export.config import ExportConfig
+from ..export.formats import FORMATS, PRECISIONS
 from ..manifest import Manifest
-from .config import ExportConfig
-from .formats import FORMATS, PRECISIONS
 from .source import Source, load_source
 
 
@@ -193,8 +193,8 @@ def _export(
 
 def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest, labelled=None) -> None:
     """Export, optimize, validate, reduce precision, evaluate, finish the format: each records into `manifest`."""
-    from . import export_onnx, onnx_parameter_count
-    from .pooling import add_sentence_embedding
+    from ..export.onnx import export_onnx, onnx_parameter_count
+    from ..export.pooling import add_sentence_embedding
 
     task = source.task
     decoder = task.spec.language_model and config.kv_cache
@@ -204,7 +204,7 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
             "the weights); an encoder's time goes into compute: use --quantize int8"
         )
     if decoder:
-        from .decoder import cache_heads, cache_shapes, export_decoder
+        from ..export.decoder import cache_heads, cache_shapes, export_decoder
 
         if config.format != "onnx":
             raise DSEEError(
@@ -324,10 +324,10 @@ def graph_io(path: Path) -> tuple[list[str], list[str]]:
 
 def validate(source: Source, path: Path, atol: float | None, agreement: bool, decoder: bool = False) -> dict:
     if decoder:
-        from .decoder import validate_decoder
+        from ..export.decoder import validate_decoder
 
         return validate_decoder(source.model, path, atol, agreement=agreement)
-    from .validate import validate_onnx
+    from ..export.validate import validate_onnx
 
     return validate_onnx(source.model, path, atol, source.task.spec.outputs, agreement=agreement)
 
@@ -335,7 +335,7 @@ def validate(source: Source, path: Path, atol: float | None, agreement: bool, de
 def evaluate(source: Source, config: ExportConfig, engines: dict, out: Path, labelled: tuple) -> dict:
     """The task metric on --validate-data, and for a reduced precision its drop against fp32 (`passed`: within
     --max-metric-drop)."""
-    from .evaluate import evaluate_engines
+    from ..export.evaluate import evaluate_engines
 
     texts, labels = labelled
     report = evaluate_engines(source.model, source.task, texts, labels, engines, out)
@@ -352,7 +352,7 @@ def evaluate(source: Source, config: ExportConfig, engines: dict, out: Path, lab
 def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
     """Fuse the graph and say whether Attention fused in every layer that still has heads."""
     from ..architectures import get_spec
-    from .optimize import optimize_for_cpu
+    from ..export.optimize import optimize_for_cpu
 
     spec = get_spec(source.model.config.model_type)
     fused = optimize_for_cpu(path, spec.ort_model_type, fuse_skip_layernorm)
@@ -386,7 +386,7 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
 def measure_speedup(source: Source, engines: dict) -> dict:
     """The engines against dense ones at the speed target's batch, sequence and threads (batch 1, sequence 128,
     all cores without a target), with the target and its prediction beside them."""
-    from ..latency import measured_speedup
+    from ..speed.speedup import measured_speedup
 
     target = source.pruning.get("target")
     key = target["latency_model"] if target else {}
