@@ -91,7 +91,8 @@ def bench_output(output, overwrite: bool, engines: list[str], baselines: list[st
 
 def write(results: BenchResults, out: Path) -> list[str]:
     """results.json, report.md and the plots; the names of the files written."""
-    from .report import write_json, write_markdown, write_plots
+    from .plots import write_plots
+    from .report import write_json, write_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(results.data, out / "results.json")

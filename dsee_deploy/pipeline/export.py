@@ -6,10 +6,7 @@ Each stage is a function that returns its piece of the Manifest; format and prec
 
 from __future__ import annotations
 
-import errno
-import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from ..errors import DSEEError, require_extra
 from ..export.config import ExportConfig
 from ..export.formats import FORMATS, PRECISIONS
 from ..manifest import Manifest
+from .disk import disk_full, disk_full_message, engine_bytes, keep_failed
 from .source import Source, load_source
 
 
@@ -77,96 +75,25 @@ def export(
     try:
         manifest = _export(src, config, base_model, out, started, sizes)
     except ExportFailed as exc:
-        exc.path = _keep_failed(target)
+        exc.path = keep_failed(target)
         if exc.path is not None:
             exc.args = (f"{exc} (the failed export and its manifest are kept in '{exc.path}')",)
         raise
     except BaseException as exc:
         target.abort()  # first: the free space reported is what is left without this export's partial files
-        full = _disk_full(exc, out.parent)
+        full = disk_full(exc, out.parent)
         if full is not None:
-            raise DSEEError(_disk_full_message(full, target.target, sizes)) from exc
+            raise DSEEError(disk_full_message(full, target.target, sizes)) from exc
         raise
     target.commit()
     return manifest
-
-
-# A full disk, and a full quota: the export's own writes fail with these, deep in torch, onnx or tokenizers.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _disk_full(exc: BaseException, where: Path) -> int | None:
-    """The errno when `exc` or what it arose from is a full disk or quota under `where` (a failed write names
-    no file; a failed open does, and one elsewhere, the latency cache's, is not the output's): an OSError, or a
-    library's own error that carries the OS's message (tokenizers' Rust writer: "... (os error 28)")."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            name = exc.filename
-            named = isinstance(name, (str, bytes, os.PathLike))
-            elsewhere = named and where not in Path(os.path.abspath(os.fsdecode(name))).parents
-            return None if elsewhere else exc.errno
-        for code in DISK_FULL:
-            if os.strerror(code) in str(exc):
-                return code
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _disk_full_message(code: int, target: Path, sizes: dict) -> str:
-    """One line: the output, the free space where it is written, and what the engine needs where known."""
-    where = next(p for p in (target.absolute().parent, *target.absolute().parents) if p.exists())
-    needs = f"the engine needs at least {_size(sizes['bytes'])} ({sizes['what']})" if sizes else ""
-    if code == errno.EDQUOT:  # the disk's free space says nothing of the quota's
-        room, fix = needs, "free space within your quota"
-    else:
-        room = "; ".join(filter(None, (f"'{where}' has {_size(shutil.disk_usage(where).free)} free", needs)))
-        fix = "free space there"
-    kept = f"; the engine already at '{target}' is unchanged" if target.exists() else ""
-    return (
-        f"{os.strerror(code).lower()} writing --output '{target}'{': ' + room if room else ''}: {fix} or pass "
-        f"another --output (nothing of this export was kept{kept})"
-    )
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
-
-
-def _engine_bytes(source: Source, config: ExportConfig) -> dict:
-    """A lower bound of the disk the export takes: the fp32 graph's weights, and the reduced engine written
-    beside it (the fp32 one is removed only once the reduced one is checked)."""
-    weights = sum(p.numel() for p in source.model.parameters())
-    precision = PRECISIONS[config.precision]
-    total = weights * PRECISIONS["fp32"].bytes_per_weight
-    what = f"{weights:,} weights in fp32"
-    if precision.reduced:
-        total += weights * precision.bytes_per_weight
-        what += f", and again in {precision.name} beside them"
-    return {"bytes": total, "what": what}
-
-
-def _keep_failed(target) -> Path | None:
-    """A failed export is kept for inspection (its manifest says failed; Engine.load refuses it): in place of a
-    target that did not exist, else beside it, so that a working engine is never replaced by a failed one."""
-    if not target.target.exists():
-        return target.commit()
-    beside = target.target.with_name(target.target.name + ".failed")
-    if beside.is_symlink() or (beside.exists() and not beside.is_dir()):
-        target.abort()
-        return None
-    return target.commit(beside)
 
 
 def _export(
     src: Path, config: ExportConfig, base_model: str | None, out: Path, started: float, sizes: dict
 ) -> Manifest:
     source = load_source(src, config, base_model)
-    sizes.update(_engine_bytes(source, config))
+    sizes.update(engine_bytes(source, config))
     if config.validate_data and not source.task.spec.labelled:
         raise DSEEError(
             f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
@@ -271,7 +198,7 @@ def describe(source: Source, config: ExportConfig) -> Manifest:
 
     model, task, pruning = source.model, source.task, source.pruning
     spec = get_spec(model.config.model_type)
-    n_heads, hidden = spec.num_heads(model.config), spec.hidden_size(model.config)
+    n_heads, hidden = spec.num_heads(model.config), spec.hiddensize(model.config)
     if pruning:
         layers = [
             {

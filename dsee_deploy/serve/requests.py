@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from ..errors import DSEEError
 from ..runtime.generate import GenerationConfig
-from .engine import check_text
+from .inputs import check_text
 from .options import ServeOptions
 
 # What a /v1/generate body may set, and the bounds of its stop strings.
