@@ -16,11 +16,13 @@ from dsee_deploy.pruning.search import PREDICTION_ERROR, aim_for, search_layout
     ("target", "spread", "aimed"),
     [
         (2.0, 0.0, 2.0 * (1 + PREDICTION_ERROR)),  # the recorded prediction error
-        (2.0, 0.08, 2.0 * 1.08),  # the model's own spread, where larger
-        (2.0, float("inf"), 2.0 * (1 + PREDICTION_ERROR)),  # one unconfirmed pass: no spread to use
+        # not the model's spread, the machine's disturbance while it was measured: 43 % put 5x at 7.17x
+        (2.0, 0.08, 2.0 * (1 + PREDICTION_ERROR)),
+        (5.0, 0.435, 5.0 * (1 + PREDICTION_ERROR)),
+        (2.0, float("inf"), 2.0 * (1 + PREDICTION_ERROR)),  # one unconfirmed pass
     ],
 )
-def test_the_search_aims_above_the_target_by_the_models_error(target, spread, aimed):
+def test_the_search_aims_above_the_target_by_the_recorded_prediction_error(target, spread, aimed):
     model = linear_model(heads=12, ffn=32)
     model.spread = spread
     assert aim_for(target, model) == pytest.approx(aimed)
