@@ -248,6 +248,17 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert set(timed["engines"]) == {"onnx fp32", "onnx int8"} and timed["target"] == 1.5
     assert all(e["measured"] > 0 and e["dense_ms"] > 0 for e in timed["engines"].values())
     assert "measured speed-up against the dense engine" in printed and "target 1.5x, predicted" in printed
+    # The measurement is recorded with the latency model as its own error, and the next search aims by it.
+    model = next(LM.from_dict(json.loads(p.read_text())) for p in cache_dir().glob("*.json"))
+    fp32 = timed["engines"]["onnx fp32"]["measured"]
+    assert model.checks == [{"predicted": target["predicted_speedup"], "measured": fp32}]
+    again = tmp_path / "x2-again"
+    code, printed, err = run_cli(prune, [tuned, "--target-speedup", "1.5", "--output", again], capsys)
+    assert code == 0, err
+    aimed = json.loads((again / PRUNING_FILE).read_text())["target"]["aimed_speedup"]
+    over = max(0.0, target["predicted_speedup"] / fp32 - 1)
+    assert aimed == pytest.approx(min(1.5 * 1.03 * (1 + over), model.dense_ms / model.floor_ms()), abs=1e-3)
+    assert "for the latency model's error on 1 exported engine: predicted" in printed
     # dsee-bench puts it on the frontier: the target beside the speed-up it measures, and the plot.
     from dsee_deploy.cli.bench import main as bench
 

@@ -4,6 +4,8 @@ what to prune for instead. Latency models with given costs; no test asserts a ti
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_speed_target import linear_model
@@ -29,6 +31,45 @@ def test_the_search_aims_above_the_target_by_the_recorded_prediction_error(targe
     rng = np.random.default_rng(0)
     layout, predicted = search_layout(rng.random((2, 12)), rng.random((2, 32)), model, aim_for(target, model))
     assert predicted >= aimed - 1e-9
+
+
+@pytest.mark.parametrize(
+    ("checks", "over"),
+    [
+        ([], 0.0),  # no engine checked yet: the recorded error alone
+        ([{"predicted": 2.06, "measured": 1.89}, {"predicted": 3.09, "measured": 3.2}], 2.06 / 1.89 - 1),
+        ([{"predicted": 3.0, "measured": 3.3}], 0.0),  # a model that under-predicts: no less than the 3 %
+    ],
+)
+def test_the_search_also_aims_by_the_error_the_model_showed_on_exported_engines(checks, over):
+    model = linear_model(heads=12, ffn=32)
+    model.checks = checks
+    assert model.over_prediction() == (pytest.approx(over) if checks else None)
+    assert aim_for(2.0, model) == pytest.approx(2.0 * (1 + PREDICTION_ERROR) * (1 + over))
+
+
+def test_a_check_is_recorded_with_the_cached_model_of_this_machine_only(tiny_bases, tmp_path, monkeypatch):
+    """dsee-export's measurement goes into the cached model it was predicted by (at most MAX_CHECKS, the latest),
+    not into one of another machine; a check that is not a pair of speed-ups damages the file (measured again)."""
+    from transformers import AutoConfig
+
+    from dsee_deploy.speed.latency import cached_path, latency_model, record_check
+    from dsee_deploy.speed.table import MAX_CHECKS, DamagedLatencyModel, LatencyModel
+    from dsee_deploy.tasks import get_task
+
+    monkeypatch.setenv("DSEE_DEPLOY_CACHE", str(tmp_path / "cache"))
+    config = AutoConfig.from_pretrained(tiny_bases["bert"])
+    model = latency_model(
+        config, get_task("classification"), "fp32", 1, 16, 1, grid=([0, 4], [0, 48]), log=print
+    )
+    assert model.checks == [] and record_check({**model.key, "processor": "another CPU"}, 2.0, 1.8) is None
+    for i in range(MAX_CHECKS + 1):
+        record_check(model.key, 2.0, 1.8 + i / 100)
+    saved = json.loads(cached_path(model.key).read_text())
+    assert len(saved["checks"]) == MAX_CHECKS and saved["checks"][-1] == {"predicted": 2.0, "measured": 2.0}
+    assert LatencyModel.from_dict(saved).over_prediction() == pytest.approx(2.0 / 1.81 - 1, abs=1e-4)
+    with pytest.raises(DamagedLatencyModel, match="checks"):
+        LatencyModel.from_dict({**saved, "checks": [{"predicted": 2.0, "measured": 0}]})
 
 
 def test_the_margin_stops_at_what_the_model_can_reach():

@@ -1,6 +1,8 @@
 """Loading a checkpoint back: unmerged for training (load_dsee), merged for deployment (load_merged), from a
 dsee-tune checkpoint or a PEFT LoRA adapter directory alike (checkpoint.peft_adapter)."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -8,9 +10,10 @@ from ..architectures import get_spec
 from ..data import Task
 from ..errors import DSEEError
 from ..models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
-from ..peft_adapter import is_peft_adapter, load_peft_adapter
 from ..tuning import DSEEConfig, inject_dsee, unwrap_dsee
-from .peft_adapter import recorded_base as adapter_base
+from .peft_adapter import load_peft_adapter
+from .peft_config import is_peft_adapter
+from .peft_config import recorded_base as adapter_base
 from .store import ADAPTER_FILE, CONFIG_FILE, MASKS_FILE, read_checkpoint_info, read_pruning
 
 

@@ -6,6 +6,8 @@ adapter.safetensors   only what was trained: A, B, S values, S indices, the task
 config.json, tokenizer files, metrics.json
 """
 
+from __future__ import annotations
+
 import json
 import shutil
 from dataclasses import dataclass

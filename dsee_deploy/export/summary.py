@@ -98,14 +98,19 @@ def describe_speedup(record: dict) -> str:
     return line
 
 
+def target_measured(record: dict) -> float | None:
+    """The measured speed-up of the engine of the speed target's precision, None where none was measured."""
+    return next(
+        (e["measured"] for name, e in record["engines"].items() if name.endswith(record["target_precision"])),
+        None,
+    )
+
+
 def target_verdict(record: dict) -> str:
     """Whether the engine of the target's precision meets the speed target as measured, or how far it is short
     and the target to prune for instead."""
     target = record["target"]
-    measured = next(
-        (e["measured"] for name, e in record["engines"].items() if name.endswith(record["target_precision"])),
-        None,
-    )
+    measured = target_measured(record)
     if measured is None:
         return f"no {record['target_precision']} engine was measured against it"
     if measured >= target:

@@ -313,6 +313,8 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
 def measure_speedup(source: Source, engines: dict) -> dict:
     """The engines against dense ones at the speed target's batch, sequence and threads (batch 1, sequence 128,
     all cores without a target), with the target and its prediction beside them."""
+    from ..export.summary import target_measured
+    from ..speed.latency import record_check
     from ..speed.speedup import measured_speedup
 
     target = source.pruning.get("target")
@@ -331,6 +333,9 @@ def measure_speedup(source: Source, engines: dict) -> dict:
             predicted=target["predicted_speedup"],
             target_precision=key["precision"],
         )
+        measured = target_measured(record)
+        if measured is not None:  # the model's own error, for the next layout searched with it
+            record_check(key, target["predicted_speedup"], measured, log=lambda message: None)
     return record
 
 

@@ -176,6 +176,7 @@ def choose_layout(
         return layers, {
             "speedup": config.target_speedup,
             "aimed_speedup": round(aim, 4),
+            "checked_engines": len(latency.checks),  # the model's own error, in the aim where it has checks
             "predicted_speedup": round(predicted, 4),
             "predicted_ms": round(latency.predict_ms(*kept), 4),
             "dense_ms": round(latency.dense_ms, 4),
@@ -274,7 +275,9 @@ def format_report(record: dict) -> str:
 def describe_target(target: dict) -> str:
     k = target["latency_model"]
     aimed = target.get("aimed_speedup", target["speedup"])
-    margin = f", aimed at {aimed:.2f}x for the latency model's error" if aimed > target["speedup"] else ""
+    checked = target.get("checked_engines", 0)
+    error = f"'s error on {checked} exported engine{'s' if checked > 1 else ''}" if checked else "'s error"
+    margin = f", aimed at {aimed:.2f}x for the latency model{error}" if aimed > target["speedup"] else ""
     return (
         f"speed target {target['speedup']:g}x{margin}: predicted {target['predicted_speedup']:.2f}x "
         f"({target['dense_ms']:.2f} ms dense -> {target['predicted_ms']:.2f} ms, {k['precision']} engines on "

@@ -49,8 +49,9 @@ import numpy as np
 
 from ..errors import DSEEError
 from .engines import measured_task
+from .machine import machine
 from .passes import STEADY, measure
-from .table import PRECISIONS, DamagedLatencyModel, LatencyModel, grid_fault
+from .table import MAX_CHECKS, PRECISIONS, DamagedLatencyModel, LatencyModel, grid_fault
 
 
 def cache_dir() -> Path:
@@ -65,7 +66,6 @@ def latency_key(
     import onnxruntime
 
     from ..architectures import get_spec
-    from .machine import machine
 
     spec = get_spec(model_config.model_type)
     host = machine()
@@ -122,7 +122,7 @@ def latency_model(
                     f"from 0 to {full}"
                 )
         key["grid"] = [list(grid[0]), list(grid[1])]
-    path = cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    path = cached_path(key)
     warned: list[str] = []
 
     def warn(message: str) -> None:  # the file is read twice (before and after the lock): one warning
@@ -169,10 +169,38 @@ def latency_model(
                 f"quiet, delete {path}"
             )
         if cache:
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(model.to_dict(), indent=1))
-            tmp.replace(path)  # a reader never sees half a file
+            _write(path, model)
     log(model.summary())
+    return model
+
+
+def cached_path(key: dict) -> Path:
+    """Where the latency model of `key` is cached: its file name is made from the key."""
+    return cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+
+
+def _write(path: Path, model: LatencyModel) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(model.to_dict(), indent=1))
+    tmp.replace(path)  # a reader never sees half a file
+
+
+def record_check(key: dict, predicted: float, measured: float, log=print) -> LatencyModel | None:
+    """Record with the cached latency model of `key` that an engine it predicted `predicted` times faster than
+    dense measured `measured` (dsee-export calls it): the layout search then aims above a target by the error
+    this model has shown on this machine (pruning.search.aim_for). Returns the model recorded into, or None
+    where no usable model of `key` is cached (nothing is measured for it)."""
+    host = machine()
+    if any(key.get(k) != host[k] for k in ("processor", "cpu_count", "cpu_flags")):
+        return None  # measured on another machine than the model's: not this model's error
+    path = cached_path(key)
+    with _measuring(path, log):
+        model = _cached(path, key, warn=lambda message: None)
+        if model is None:
+            return None
+        check = {"predicted": round(float(predicted), 4), "measured": round(float(measured), 4)}
+        model.checks = [*model.checks, check][-MAX_CHECKS:]
+        _write(path, model)
     return model
 
 

@@ -4,7 +4,7 @@ and the checks that refuse figures that cannot be right (speed.latency measures 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from ..errors import DSEEError
 # is hashed into the file's name, so a model of another key (3's num_labels, now its head) is another file.
 FORMAT_VERSION = 3
 PRECISIONS = ("fp32", "int8")
+MAX_CHECKS = 20  # the checks a model keeps, the latest: a machine's state drifts
 
 
 class DamagedLatencyModel(DSEEError, ValueError):
@@ -28,6 +29,9 @@ class LatencyModel:
     table_ms: list[list[float]]  # latency of the engine keeping (head_grid[i], ffn_grid[j]) in every layer
     passes: int = 1  # passes of the grid timed
     spread: float = 0.0  # at worst over the grid, how far a point's second-best pass was from its best
+    # Exported engines checked against it by dsee-export ({"predicted", "measured"} speed-ups, the latest last,
+    # at most MAX_CHECKS): how far this model's predictions are from what engines do on its machine.
+    checks: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         fault = figures_fault(self.key, self.head_grid, self.ffn_grid, self.table_ms, saved=False)
@@ -108,6 +112,7 @@ class LatencyModel:
             "table_ms": self.table_ms,
             "passes": self.passes,
             "spread": self.spread,
+            "checks": self.checks,
         }
 
     @classmethod
@@ -122,7 +127,7 @@ class LatencyModel:
                 f"format version {version}, where this dsee-deploy reads {FORMAT_VERSION}"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(data) if n not in ("passes", "spread"))
+        missing = sorted(n for n in names - set(data) if n not in ("passes", "spread", "checks"))
         if missing or set(data) - names:
             raise DamagedLatencyModel(f"fields {sorted(data)}, where a latency model has {sorted(names)}")
         if not isinstance(data["key"], dict):
@@ -130,7 +135,17 @@ class LatencyModel:
         fault = figures_fault(data["key"], data["head_grid"], data["ffn_grid"], data["table_ms"], saved=True)
         if fault:  # checked before __post_init__ smooths the table, which would hide a falling one
             raise DamagedLatencyModel(fault)
+        checks = data.get("checks", [])
+        if not isinstance(checks, list) or not all(_is_check(c) for c in checks):
+            raise DamagedLatencyModel(f"checks {checks!r}: each a {{predicted, measured}} pair of speed-ups")
         return cls(**data)
+
+    def over_prediction(self) -> float | None:
+        """How far above the measured speed-up of an exported engine this model's prediction was, at worst over
+        its checks (0.09: predicted 9 % too fast), or None before any check. Under-predictions count as 0."""
+        if not self.checks:
+            return None
+        return max(0.0, max(c["predicted"] / c["measured"] - 1 for c in self.checks))
 
 
 def figures_fault(key: dict, head_grid, ffn_grid, table_ms, saved: bool) -> str | None:
@@ -196,3 +211,11 @@ def grid_fault(grid, full: int | None, what: str) -> str | None:
     if full is not None and grid[-1] != full:
         return f"ends at {grid[-1]} {what}, not at the model's {full}"
     return None
+
+
+def _is_check(check) -> bool:
+    return (
+        isinstance(check, dict)
+        and all(isinstance(check.get(k), int | float) for k in ("predicted", "measured"))
+        and all(math.isfinite(check[k]) and check[k] > 0 for k in ("predicted", "measured"))
+    )
