@@ -33,19 +33,30 @@ def test_the_search_aims_above_the_target_by_the_recorded_prediction_error(targe
     assert predicted >= aimed - 1e-9
 
 
+TWO_AND_FIVE = [{"predicted": 2.06, "measured": 1.84}, {"predicted": 5.15, "measured": 4.07}]
+
+
 @pytest.mark.parametrize(
-    ("checks", "over"),
+    ("checks", "target", "over"),
     [
-        ([], 0.0),  # no engine checked yet: the recorded error alone
-        ([{"predicted": 2.06, "measured": 1.89}, {"predicted": 3.09, "measured": 3.2}], 2.06 / 1.89 - 1),
-        ([{"predicted": 3.0, "measured": 3.3}], 0.0),  # a model that under-predicts: no less than the 3 %
+        ([], 2.0, 0.0),  # no engine checked yet: the recorded error alone
+        ([{"predicted": 2.06, "measured": 1.89}, {"predicted": 3.09, "measured": 3.2}], 2.0, 2.06 / 1.89 - 1),
+        (
+            [{"predicted": 3.0, "measured": 3.3}],
+            2.0,
+            0.0,
+        ),  # a model that under-predicts: no less than the 3 %
+        (TWO_AND_FIVE, 2.0, 2.06 / 1.84 - 1),  # the error of the checked engine nearest the target
+        (TWO_AND_FIVE, 5.0, 5.15 / 4.07 - 1),
+        (TWO_AND_FIVE, 4.0, 5.15 / 4.07 - 1),  # nearer 5x than 2x in ratio
     ],
 )
-def test_the_search_also_aims_by_the_error_the_model_showed_on_exported_engines(checks, over):
+def test_the_search_also_aims_by_the_error_the_model_showed_on_exported_engines(checks, target, over):
     model = linear_model(heads=12, ffn=32)
     model.checks = checks
-    assert model.over_prediction() == (pytest.approx(over) if checks else None)
-    assert aim_for(2.0, model) == pytest.approx(2.0 * (1 + PREDICTION_ERROR) * (1 + over))
+    assert model.over_prediction(near=target) == (pytest.approx(over) if checks else None)
+    aimed = min(target * (1 + PREDICTION_ERROR) * (1 + over), model.dense_ms / model.floor_ms())
+    assert aim_for(target, model) == pytest.approx(aimed)
 
 
 def test_a_check_is_recorded_with_the_cached_model_of_this_machine_only(tiny_bases, tmp_path, monkeypatch):
