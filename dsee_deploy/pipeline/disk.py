@@ -38,11 +38,11 @@ def disk_full(exc: BaseException, where: Path) -> int | None:
 def disk_full_message(code: int, target: Path, sizes: dict) -> str:
     """One line: the output, the free space where it is written, and what the engine needs where known."""
     where = next(p for p in (target.absolute().parent, *target.absolute().parents) if p.exists())
-    needs = f"the engine needs at least {size(sizes['bytes'])} ({sizes['what']})" if sizes else ""
+    needs = f"the engine needs at least {_size(sizes['bytes'])} ({sizes['what']})" if sizes else ""
     if code == errno.EDQUOT:  # the disk's free space says nothing of the quota's
         room, fix = needs, "free space within your quota"
     else:
-        room = "; ".join(filter(None, (f"'{where}' has {size(shutil.disk_usage(where).free)} free", needs)))
+        room = "; ".join(filter(None, (f"'{where}' has {_size(shutil.disk_usage(where).free)} free", needs)))
         fix = "free space there"
     kept = f"; the engine already at '{target}' is unchanged" if target.exists() else ""
     return (
@@ -51,7 +51,7 @@ def disk_full_message(code: int, target: Path, sizes: dict) -> str:
     )
 
 
-def size(n: float) -> str:
+def _size(n: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

@@ -198,7 +198,7 @@ def describe(source: Source, config: ExportConfig) -> Manifest:
 
     model, task, pruning = source.model, source.task, source.pruning
     spec = get_spec(model.config.model_type)
-    n_heads, hidden = spec.num_heads(model.config), spec.hiddensize(model.config)
+    n_heads, hidden = spec.num_heads(model.config), spec.hidden_size(model.config)
     if pruning:
         layers = [
             {
