@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from dsee_deploy.bench.report import accuracy_of, spin_text
+from dsee_deploy.bench.scores import accuracy_of, spin_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "benchmarks.md"

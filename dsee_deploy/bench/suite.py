@@ -48,7 +48,7 @@ def _prune(step: dict) -> None:
 
 def _export(step: dict) -> None:
     from ..export import ExportConfig
-    from ..export import export as export_verb
+    from ..pipeline.export import export as export_verb
 
     export_verb(
         step["checkpoint"],

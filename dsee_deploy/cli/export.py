@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(argv: list[str] | None = None) -> int:
-    from ..export import export as export_verb
+    from ..pipeline.export import export as export_verb
     from ..export.formats import FORMATS
     from ..export.summary import summarize
 
