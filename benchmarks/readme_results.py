@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from dsee_deploy.bench.scores import accuracy_of, spin_text
+from dsee_deploy.bench.report import spin_text
+from dsee_deploy.bench.scores import accuracy_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "benchmarks.md"
