@@ -3,8 +3,9 @@ the grid's engines and timing them take, for MiniLM-L6 geometry (the packaged al
 BERT-base geometry (transformers' BertConfig() defaults: 12 layers, 768 hidden, 12 heads, 3072 FFN neurons),
 random weights, fp32, batch 1, sequence 128, the default grid (13 head counts x 11 FFN widths = 143 engines).
 
-    taskset -c 0 python benchmarks/latency/memory.py run minilm --threads 1 --record memory-2026-12-07.json
-    PYTHONPATH=/tmp/old taskset -c 0 python benchmarks/latency/memory.py run minilm --code old ...
+    taskset -c 1 python benchmarks/latency/memory.py run minilm --threads 1 --record memory-2026-12-07.json
+    taskset -c 1 python benchmarks/latency/memory.py run bert-base --threads 1 --record memory-2026-12-07.json
+    PYTHONPATH=/tmp/old taskset -c 1 python benchmarks/latency/memory.py run minilm --code old ...
     python benchmarks/latency/memory.py report memory-2026-12-07.json   # writes memory-2026-12-07.md beside it
 
 `run` measures one geometry in a child process (its own peak, a fresh DSEE_DEPLOY_CACHE so that it really
@@ -231,9 +232,9 @@ def report(a) -> int:
         "",
         f"Machine: {m.get('processor')}, {m.get('cpu_count')} cores, {m.get('memory_gib')} GiB; "
         f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
-        f"python {m.get('python')}. Every run pinned to core 0 (taskset -c 0), 1 intra-op thread, fp32, batch 1, "
+        f"python {m.get('python')}. Every run pinned to one core (taskset -c 1), 1 intra-op thread, fp32, batch 1, "
         "sequence 128, the default grid (13 head counts x 11 FFN widths, 143 engines), random weights, a fresh "
-        "cache. Other engineers' trainings and tests ran on core 1 meanwhile: times are this shared machine's.",
+        "cache. Other work (tests, exports) ran on the other core meanwhile: times are this shared machine's.",
         "",
         "| geometry | code | peak RSS (ru_maxrss) | peak while building | peak while timing | RSS after 1st / "
         "last engine built | build | timing | passes (spread) | dense / nothing kept |",
