@@ -249,7 +249,8 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert all(e["measured"] > 0 and e["dense_ms"] > 0 for e in timed["engines"].values())
     assert "measured speed-up against the dense engine" in printed and "target 1.5x, predicted" in printed
     # The measurement is recorded with the latency model as its own error, and the next search aims by it.
-    model = next(LM.from_dict(json.loads(p.read_text())) for p in cache_dir().glob("*.json"))
+    cached = [LM.from_dict(json.loads(p.read_text())) for p in cache_dir().glob("*.json")]
+    model = next(m for m in cached if m.key == target["latency_model"])
     fp32 = timed["engines"]["onnx fp32"]["measured"]
     assert model.checks == [{"predicted": target["predicted_speedup"], "measured": fp32}]
     again = tmp_path / "x2-again"
