@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(argv: list[str] | None = None) -> int:
-    from ..pipeline.export import export as export_verb
     from ..export.formats import FORMATS
     from ..export.summary import summarize
+    from ..pipeline.export import export as export_verb
 
     args = build_parser().parse_args(argv)
     config = from_args(ExportConfig, args)
