@@ -46,9 +46,20 @@ TWO_AND_FIVE = [{"predicted": 2.06, "measured": 1.84}, {"predicted": 5.15, "meas
             2.0,
             0.0,
         ),  # a model that under-predicts: no less than the 3 %
-        (TWO_AND_FIVE, 2.0, 2.06 / 1.84 - 1),  # the error of the checked engine nearest the target
+        (TWO_AND_FIVE, 2.0, 2.06 / 1.84 - 1),  # the error of the checked engines near the target
         (TWO_AND_FIVE, 5.0, 5.15 / 4.07 - 1),
-        (TWO_AND_FIVE, 4.0, 5.15 / 4.07 - 1),  # nearer 5x than 2x in ratio
+        (TWO_AND_FIVE, 3.0, 2.06 / 1.84 - 1),  # none within 25 %: the nearest in ratio (2x)
+        (TWO_AND_FIVE, 4.0, 5.15 / 4.07 - 1),  # within 25 % of 5.15x
+        # several near: the worst of them (5.15x and 5.69x are within 25 % of 5x, 8x is not)
+        (
+            [
+                {"predicted": 5.15, "measured": 4.85},
+                {"predicted": 5.69, "measured": 4.85},
+                {"predicted": 8.0, "measured": 5.0},
+            ],
+            5.0,
+            5.69 / 4.85 - 1,
+        ),
     ],
 )
 def test_the_search_also_aims_by_the_error_the_model_showed_on_exported_engines(checks, target, over):

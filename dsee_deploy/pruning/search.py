@@ -27,8 +27,9 @@ PREDICTION_ERROR = 0.03
 
 def aim_for(target: float, model: LatencyModel, min_heads: int = 0, min_ffn: int = 0) -> float:
     """The predicted speed-up to search for so that the measured one meets `target`: above it by PREDICTION_ERROR,
-    and by how far this model over-predicted the checked engine nearest the target on its machine (a model that
-    predicted 2.06x for an engine measured at 1.89x aims 9 % higher at 2x), but no further than a layout keeping
+    and by how far this model over-predicted the engines checked near the target on its machine, at worst
+    (LatencyModel.over_prediction: a model that predicted 2.06x for an engine measured at 1.89x aims 9 % higher
+    at 2x), but no further than a layout keeping
     `min_heads` and `min_ffn` in every layer can reach (an unreachable target is search_layout's to refuse)."""
     margin = (1 + PREDICTION_ERROR) * (1 + (model.over_prediction(near=target) or 0.0))
     reachable = model.dense_ms / model.floor_ms(min_heads, min_ffn)
