@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -223,7 +224,14 @@ class _Lock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                # The holder writes who it is just after it locks: a command refused in between would find the
+                # file still empty (seen when two exports started together on a loaded machine), so it waits a
+                # second at most for the name it refuses with.
+                for _ in range(40):
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                    if len(holder) == 2:
+                        break
+                    time.sleep(0.025)
                 os.close(fd)
                 who = f"{holder[1]} (pid {holder[0]})" if len(holder) == 2 else "command"
                 raise DSEEError(
