@@ -1,4 +1,5 @@
-"""`dsee_deploy.export`: a DSEE checkpoint (or a plain transformers model directory) to a validated engine.
+"""The export verb (`dd.export`, dsee-export): a DSEE checkpoint (or a plain transformers model directory) to a
+validated engine.
 
 Each stage is a function that returns its piece of the Manifest; format and precision are registered handlers
 (export/formats.py). A failed check writes the manifest with everything known up to it and `status: failed`.
