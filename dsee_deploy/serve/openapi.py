@@ -46,6 +46,37 @@ def _json(schema: dict, description: str) -> dict:
 
 def document(options: ServeOptions, endpoint: str, task: str) -> dict:
     """The OpenAPI document of an app serving POST /v1/`endpoint` (predict, embed or generate) for `task`."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dsee-serve", "version": "1"},
+        "paths": {**_inference_paths(options, endpoint, task), **_info_paths()},
+        "components": {"schemas": {"Error": ERROR}},
+    }
+
+
+def _inference_paths(options: ServeOptions, endpoint: str, task: str) -> dict:
+    """POST /v1/predict, /v1/embed and /v1/generate: all three are routes, the engine's own answers 200."""
+    inputs_body = _inputs_body(options)
+    bodies = {"predict": inputs_body, "embed": inputs_body, "generate": _generate_body(options)}
+    answers = _answers()
+    paths = {}
+    for route in ("predict", "embed", "generate"):
+        responses = _errors(400, 404, 408, 413, 422, 503)
+        if route == endpoint:
+            responses["200"] = answers[route]
+        paths[f"/v1/{route}"] = {
+            "post": {
+                "operationId": route,
+                "summary": f"{route} ({'served by this ' + task + ' engine' if route == endpoint else 'not served by this engine: 404'})",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": bodies[route]}}},
+                "responses": responses,
+            }
+        }
+    return paths
+
+
+def _inputs_body(options: ServeOptions) -> dict:
+    """The body of /v1/predict and /v1/embed: texts or text pairs, within --max-inputs and --max-chars."""
     text = {"type": "string", "maxLength": options.max_chars}
     item = {
         "oneOf": [
@@ -59,7 +90,7 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
             },
         ]
     }
-    inputs_body = {
+    return {
         "type": "object",
         "required": ["inputs"],
         "properties": {
@@ -72,22 +103,12 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
             }
         },
     }
-    prediction = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["label", "score", "scores"],
-                "properties": {
-                    "label": {"type": "string"},
-                    "score": {"type": "number"},
-                    "scores": {"type": "object", "additionalProperties": {"type": "number"}},
-                },
-            },
-            {"type": "object", "required": ["value"], "properties": {"value": {"type": "number"}}},
-        ]
-    }
+
+
+def _generate_body(options: ServeOptions) -> dict:
+    """The body of /v1/generate: a prompt or prompts, and how to generate (parse_generation checks it)."""
     stop = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
-    generate_body = {
+    return {
         "type": "object",
         "additionalProperties": False,
         "oneOf": [{"required": ["prompt"]}, {"required": ["prompts"]}],
@@ -114,21 +135,16 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
             "stop": {"oneOf": [stop, {"type": "array", "items": stop, "maxItems": MAX_STOP}]},
         },
     }
-    generation = {
-        "type": "object",
-        "required": ["text", "token_ids", "finish_reason"],
-        "properties": {
-            "text": {"type": "string"},
-            "token_ids": {"type": "array", "items": {"type": "integer"}},
-            "finish_reason": {"enum": ["stop", "length"]},
-        },
-    }
-    answers = {
+
+
+def _answers() -> dict:
+    """The 200 answer of each inference route, by route."""
+    return {
         "predict": _json(
             {
                 "type": "object",
                 "required": ["predictions"],
-                "properties": {"predictions": {"type": "array", "items": prediction}},
+                "properties": {"predictions": {"type": "array", "items": _prediction()}},
             },
             "One prediction per input, in order: label and probabilities, or a regression value.",
         ),
@@ -150,7 +166,7 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
                     "schema": {
                         "type": "object",
                         "required": ["generations"],
-                        "properties": {"generations": {"type": "array", "items": generation}},
+                        "properties": {"generations": {"type": "array", "items": _generation()}},
                     }
                 },
                 # One server-sent event (OpenAPI 3.1: `schema` describes each event of a stream): its data is
@@ -166,25 +182,47 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
             },
         },
     }
-    bodies = {"predict": inputs_body, "embed": inputs_body, "generate": generate_body}
-    paths = {}
-    for route in ("predict", "embed", "generate"):
-        responses = _errors(400, 404, 408, 413, 422, 503)
-        if route == endpoint:
-            responses["200"] = answers[route]
-        paths[f"/v1/{route}"] = {
-            "post": {
-                "operationId": route,
-                "summary": f"{route} ({'served by this ' + task + ' engine' if route == endpoint else 'not served by this engine: 404'})",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": bodies[route]}}},
-                "responses": responses,
-            }
-        }
-    paths["/v1/model"] = {
-        "get": {
-            "operationId": "model",
-            "summary": "The engine's manifest and how it is served (no local paths).",
-            "responses": {
+
+
+def _prediction() -> dict:
+    """One prediction: a label with its probability and every label's, or a regression value."""
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["label", "score", "scores"],
+                "properties": {
+                    "label": {"type": "string"},
+                    "score": {"type": "number"},
+                    "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+                },
+            },
+            {"type": "object", "required": ["value"], "properties": {"value": {"type": "number"}}},
+        ]
+    }
+
+
+def _generation() -> dict:
+    """One prompt's generation, once it has ended."""
+    return {
+        "type": "object",
+        "required": ["text", "token_ids", "finish_reason"],
+        "properties": {
+            "text": {"type": "string"},
+            "token_ids": {"type": "array", "items": {"type": "integer"}},
+            "finish_reason": {"enum": ["stop", "length"]},
+        },
+    }
+
+
+def _info_paths() -> dict:
+    """GET /v1/model, /healthz, /readyz, /metrics and /openapi.json: the same on every engine."""
+    ready = {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}}
+    return {
+        "/v1/model": _get(
+            "model",
+            "The engine's manifest and how it is served (no local paths).",
+            {
                 "200": _json(
                     {
                         "type": "object",
@@ -194,53 +232,37 @@ def document(options: ServeOptions, endpoint: str, task: str) -> dict:
                     "The manifest",
                 )
             },
-        }
-    }
-    paths["/healthz"] = {
-        "get": {
-            "operationId": "healthz",
-            "summary": "The process is up.",
-            "responses": {
+        ),
+        "/healthz": _get(
+            "healthz",
+            "The process is up.",
+            {
                 "200": _json(
                     {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
                     "Up",
                 )
             },
-        }
-    }
-    ready = {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}}
-    paths["/readyz"] = {
-        "get": {
-            "operationId": "readyz",
-            "summary": "The engine is warm and requests are taken.",
-            "responses": {
-                "200": _json(ready, "Ready"),
-                "503": _json(ready, "Not ready (starting or stopping)"),
-            },
-        }
-    }
-    paths["/metrics"] = {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics.",
-            "responses": {
+        ),
+        "/readyz": _get(
+            "readyz",
+            "The engine is warm and requests are taken.",
+            {"200": _json(ready, "Ready"), "503": _json(ready, "Not ready (starting or stopping)")},
+        ),
+        "/metrics": _get(
+            "metrics",
+            "Prometheus metrics.",
+            {
                 "200": {
                     "description": "Prometheus text format",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 }
             },
-        }
+        ),
+        "/openapi.json": _get(
+            "openapi", "This document.", {"200": _json({"type": "object"}, "The OpenAPI document")}
+        ),
     }
-    paths["/openapi.json"] = {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document.",
-            "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
-        }
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "dsee-serve", "version": "1"},
-        "paths": paths,
-        "components": {"schemas": {"Error": ERROR}},
-    }
+
+
+def _get(operation: str, summary: str, responses: dict) -> dict:
+    return {"get": {"operationId": operation, "summary": summary, "responses": responses}}
