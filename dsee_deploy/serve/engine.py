@@ -86,61 +86,14 @@ class Engine(Generation):
         sha256 the manifest records (it reads each file once: ~0.1 s for MiniLM's 90 MB; pass False where the
         directory is verified elsewhere, e.g. a read-only image checked at build time).
         """
-        import onnxruntime as ort
-
         path = Path(path)
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
-            raise DSEEError(f"max_length={max_length!r} is not a token count: pass an int of 2 or more")
-        if max_length is not None and max_length < 2:
-            raise DSEEError(f"max_length={max_length} is too short: pass 2 or more, or leave it unset")
+        _check_max_length(max_length)
         manifest = Manifest.read(path, verify=verify)
-        model = path / manifest.engine
-        if model.suffix != ".onnx":  # a TensorRT plan: ORT runs the ONNX graph exported beside it, if kept
-            if not (path / "model.onnx").is_file():
-                raise DSEEError(
-                    f"engine '{path}' is a {model.name} without model.onnx, which ONNX Runtime cannot run: "
-                    f"serve it with Triton's tensorrt backend, or export with --format onnx for this engine"
-                )
-            model = path / "model.onnx"
-        if not model.is_file():
-            raise DSEEError(
-                f"engine '{path}' has no {model.name}: export it again with dsee-export CKPT --output {path}"
-            )
-        if not (path / "tokenizer.json").is_file():
-            raise DSEEError(
-                f"engine '{path}' has no tokenizer.json: export it again with dsee-export, which saves the "
-                f"fast tokenizer beside the model"
-            )
-        if spin_us is not None and spin_us < 0:
-            raise DSEEError(
-                f"spin_us={spin_us} is not a duration: pass 0 or more microseconds, or leave it unset"
-            )
-        if threads is not None and threads < 1:
-            raise DSEEError(f"threads={threads} is not a thread count: pass 1 or more, or leave it unset")
-        if not (path / "config.json").is_file():
-            raise DSEEError(
-                f"engine '{path}' has no config.json (its labels and model geometry): export it again with "
-                f"dsee-export CKPT --output {path} --overwrite"
-            )
-        config = read_json(path / "config.json", {})
+        model = _graph_file(path, manifest)
+        _check_threads(threads, spin_us)
+        config = _read_config(path, manifest, max_length)
         limit = max_length or manifest.max_length
-        positions = get_spec(manifest.architecture).max_tokens(config) if config else None
-        if max_length is not None and positions and max_length > positions:
-            raise DSEEError(
-                f"max_length={max_length} is beyond the model's {positions} positions: pass {positions} or less, "
-                f"or leave it unset ({manifest.max_length}, what it was tuned with)"
-            )
-        try:
-            session = make_session(model, threads=threads, providers=providers, spin_us=spin_us)
-            encoder = TextEncoder.from_dir(path, limit)
-        except DSEEError:
-            raise
-        except Exception as exc:  # ORT and tokenizers raise their own types for unreadable files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DSEEError(
-                f"engine '{path}' could not be loaded ({reason}): export it again with dsee-export "
-                f"(onnxruntime {ort.__version__} is installed here)"
-            ) from exc
+        session, encoder = _open(path, model, limit, threads, providers, spin_us)
         engine = cls(path, session, encoder, manifest, _labels(config), config)
         engine._check_outputs()
         log.info(
@@ -243,6 +196,86 @@ class Engine(Generation):
 
     def __repr__(self) -> str:
         return f"Engine({str(self.path)!r}, task={self.task!r}, provider={self.provider!r})"
+
+
+def _check_max_length(max_length: int | None) -> None:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+        raise DSEEError(f"max_length={max_length!r} is not a token count: pass an int of 2 or more")
+    if max_length is not None and max_length < 2:
+        raise DSEEError(f"max_length={max_length} is too short: pass 2 or more, or leave it unset")
+
+
+def _graph_file(path: Path, manifest: Manifest) -> Path:
+    """The ONNX graph ORT runs (model.onnx beside a TensorRT plan), refused where it or the tokenizer is missing."""
+    model = path / manifest.engine
+    if model.suffix != ".onnx":  # a TensorRT plan: ORT runs the ONNX graph exported beside it, if kept
+        if not (path / "model.onnx").is_file():
+            raise DSEEError(
+                f"engine '{path}' is a {model.name} without model.onnx, which ONNX Runtime cannot run: "
+                f"serve it with Triton's tensorrt backend, or export with --format onnx for this engine"
+            )
+        model = path / "model.onnx"
+    if not model.is_file():
+        raise DSEEError(
+            f"engine '{path}' has no {model.name}: export it again with dsee-export CKPT --output {path}"
+        )
+    if not (path / "tokenizer.json").is_file():
+        raise DSEEError(
+            f"engine '{path}' has no tokenizer.json: export it again with dsee-export, which saves the "
+            f"fast tokenizer beside the model"
+        )
+    return model
+
+
+def _check_threads(threads: int | None, spin_us: int | None) -> None:
+    if spin_us is not None and spin_us < 0:
+        raise DSEEError(
+            f"spin_us={spin_us} is not a duration: pass 0 or more microseconds, or leave it unset"
+        )
+    if threads is not None and threads < 1:
+        raise DSEEError(f"threads={threads} is not a thread count: pass 1 or more, or leave it unset")
+
+
+def _read_config(path: Path, manifest: Manifest, max_length: int | None) -> dict:
+    """The engine's config.json (labels, model geometry), refused where `max_length` is beyond its positions."""
+    if not (path / "config.json").is_file():
+        raise DSEEError(
+            f"engine '{path}' has no config.json (its labels and model geometry): export it again with "
+            f"dsee-export CKPT --output {path} --overwrite"
+        )
+    config = read_json(path / "config.json", {})
+    positions = get_spec(manifest.architecture).max_tokens(config) if config else None
+    if max_length is not None and positions and max_length > positions:
+        raise DSEEError(
+            f"max_length={max_length} is beyond the model's {positions} positions: pass {positions} or less, "
+            f"or leave it unset ({manifest.max_length}, what it was tuned with)"
+        )
+    return config
+
+
+def _open(
+    path: Path,
+    model: Path,
+    limit: int,
+    threads: int | None,
+    providers: Sequence[str] | None,
+    spin_us: int | None,
+) -> tuple:
+    """(ORT session of `model`, TextEncoder truncating to `limit`), one line of DSEEError where either fails."""
+    import onnxruntime as ort  # as in runtime.session: imported when an engine loads, not with the package
+
+    try:
+        session = make_session(model, threads=threads, providers=providers, spin_us=spin_us)
+        encoder = TextEncoder.from_dir(path, limit)
+    except DSEEError:
+        raise
+    except Exception as exc:  # ORT and tokenizers raise their own types for unreadable files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DSEEError(
+            f"engine '{path}' could not be loaded ({reason}): export it again with dsee-export "
+            f"(onnxruntime {ort.__version__} is installed here)"
+        ) from exc
+    return session, encoder
 
 
 def _prompt_tokenizer(path: Path):
