@@ -21,7 +21,12 @@ import json
 import re
 from pathlib import Path
 
+from ..architectures import TARGETS, get_spec
+from ..data import Task
 from ..errors import DSEEError
+from ..models import base_weights_sha256, load_config, load_model, load_tokenizer, resolve_model
+from ..tasks import Regression, get_task, task_of_model
+from ..tuning import DSEEConfig, inject_dsee
 from .peft_config import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -33,6 +38,7 @@ from .peft_config import (
     read_adapter_config,
     scaling,
 )
+from .store import FORMAT_VERSION
 
 
 def _dtype(tensor) -> str:
@@ -114,7 +120,6 @@ def _task_kind(path: Path, config: dict, base_ref: str, base_config, lora: dict,
     the model) the task whose model has every module and tensor the adapter names: the base's own, else the one
     other such task (an adapter of BertForSequenceClassification names bert.encoder... and its saved classifier,
     which a bare BertModel base has not)."""
-    from ..tasks import get_task, task_of_model
 
     def absent(kind: str, names: list[str]) -> str | None:
         have = _model_names(get_task(kind), base_config)
@@ -154,17 +159,11 @@ def _task_kind(path: Path, config: dict, base_ref: str, base_config, lora: dict,
 
 
 def _task(path: Path, config: dict, base_ref: str, base_path: str, lora: dict, others: dict):
-    from ..data import Task
-    from ..models import load_config, load_tokenizer
-    from ..tasks import Regression, get_task
-
     base_config = load_config(base_path)
     kind = _task_kind(path, config, base_ref, base_config, lora, others)
     spec = get_task(kind)
     tokenizer = load_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base_path)
     positions = getattr(tokenizer, "model_max_length", 0) or 512
-    from ..architectures import get_spec
-
     max_length = int(min(positions, get_spec(base_config.model_type).max_tokens(base_config)))
     if not spec.labelled:
         return Task(kind, max_length=max_length), tokenizer
@@ -206,37 +205,12 @@ def _merged_weight(module, ab: dict, scale: float, name: str):
 def load_peft_adapter(path: str | Path, base_model: str | None = None):
     """(model, tokenizer, info) as `checkpoint.load_dsee` returns them: the base model with the adapter's
     LoRA updates as DSEE updates (N = 0), not merged, and its trained head loaded."""
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    from ..architectures import TARGETS, get_spec
-    from ..models import base_weights_sha256, load_config, load_model, resolve_model
-    from ..tuning import DSEEConfig, inject_dsee
-    from .store import FORMAT_VERSION
+    import torch  # the 'tune' extra
 
     path = Path(path)
     config = read_adapter_config(path)
-    base_ref = base_model or config.get("base_model_name_or_path")
-    if not base_ref:
-        raise DSEEError(f"PEFT adapter '{path}' records no base model: pass --base-model (base_model=...)")
-    try:
-        base_path = resolve_model(base_ref)
-        if not Path(base_path).is_dir():
-            raise DSEEError(f"'{base_ref}' is a hub name and this machine reads local models only")
-    except DSEEError as exc:
-        raise DSEEError(
-            f"PEFT adapter '{path}' needs its base model '{base_ref}', which cannot be loaded ({exc}): pass "
-            f"--base-model (base_model=...) with a local copy of the weights it was trained on"
-        ) from None
-    try:
-        with safe_open(str(path / ADAPTER_WEIGHTS), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise DSEEError(
-            f"'{path / ADAPTER_WEIGHTS}' is not a readable safetensors file ({exc}): PEFT writes it with "
-            f"save_pretrained (safe_serialization, the default); restore it"
-        ) from exc
+    base_ref, base_path = _base_model(path, config, base_model)
+    tensors, metadata = _read_weights(path)
     lora, others = _split(tensors, path)
     alphas = module_alphas(path, config, sorted(lora))
     task, tokenizer = _task(path, config, str(base_ref), base_path, lora, others)
@@ -248,71 +222,20 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
             f"but '{base_ref}' has {sha[:12]}...: pass --base-model with the original weights"
         )
     arch = get_spec(model.config.model_type)
-
-    # Where each logical projection of each block lives, by module name: {name: [(target, part, parts)]}.
-    names = {id(m): n for n, m in model.named_modules()}
-    sites: dict[str, list] = {}
-    for block in arch.blocks(model):
-        for target in TARGETS:
-            site = arch.site(target)
-            name = f"{names[id(block)]}.{site.path}"
-            sites.setdefault(name, []).append((target, site.part, site.parts))
+    sites = _sites(model, arch)
     # LoRA on a projection outside the blocks (target_modules="all-linear" reaches BERT's pooler) has no DSEE
     # update to go to: it is merged now and kept as a trained tensor, as modules_to_save are.
     for name in sorted(set(lora) - set(sites)):
         ab = lora.pop(name)
         scale = scaling(config, alphas[name], ab["A"].shape[0])
         others[f"{name}.weight"] = _merged_weight(model.get_submodule(name), ab, scale, name)
-    targets = tuple(t for t in TARGETS if any(t in [s[0] for s in sites[m]] for m in lora))
-    rank = max((ab["A"].shape[0] for ab in lora.values()), default=1)
-    # the adapter's own scale, s = alpha / r
-    reference = scaling(config, config.get("lora_alpha", 8), config.get("r", rank))
-    dsee = DSEEConfig(rank=rank, alpha=reference * rank, num_sparse=0, target_modules=targets)
+    dsee = _dsee_config(config, lora, sites)
     inject_dsee(model, dsee, arch, init=False)
-
     with torch.no_grad():
-        for name, ab in sorted(lora.items()):
-            a, b = ab["A"].float(), ab["B"].float()  # (r, in), (out, r)
-            layer = model.get_submodule(name)
-            out_f, in_f = layer.out_in_weight.shape
-            if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
-                raise DSEEError(
-                    f"PEFT adapter '{path}' does not fit '{base_ref}': {name} has lora_A {tuple(a.shape)} and "
-                    f"lora_B {tuple(b.shape)}, the base projection is {out_f} x {in_f}: pass --base-model with "
-                    f"the model the adapter was trained on"
-                )
-            r = a.shape[0]
-            b = b * (scaling(config, alphas[name], r) / dsee.scaling)
-            for target, part, parts in sites[name]:
-                update = layer.updates[target]
-                rows = slice(part * out_f // parts, (part + 1) * out_f // parts)
-                update.lora_A.zero_()[:r] = a
-                update.lora_B.zero_()[:, :r] = b[rows]
+        _check_lora_shapes(path, str(base_ref), model, lora)
+        _load_updates(model, lora, sites, config, alphas, dsee)
         state = model.state_dict()
-        # A bias PEFT trained (bias="all" or "lora_only") is saved as its wrapped projection's base_layer.bias;
-        # here that projection is a DSEE layer (the same name) or, outside the blocks, a plain one again.
-        for name in [n for n in others if n not in state]:
-            plain = name.replace(".base_layer.", ".")
-            if plain in state:
-                others[plain] = others.pop(name)
-        unknown = sorted(set(others) - set(state))
-        if unknown:
-            raise DSEEError(
-                f"PEFT adapter '{path}' holds {unknown[0]}, which '{base_ref}' (as a {task.kind} model) has not: "
-                f"pass --base-model with the model the adapter was trained on"
-            )
-        for name, tensor in others.items():
-            if tensor.shape != state[name].shape:
-                raise DSEEError(
-                    f"PEFT adapter '{path}' has {name} of shape {tuple(tensor.shape)}, '{base_ref}' expects "
-                    f"{tuple(state[name].shape)}: pass --base-model with the model the adapter was trained on"
-                )
-            # load_state_dict would cast silently (int64 weights to float)
-            if tensor.is_floating_point() != state[name].is_floating_point():
-                raise DSEEError(
-                    f"'{path / ADAPTER_WEIGHTS}' holds {name} as {_dtype(tensor)}, where '{base_ref}' has "
-                    f"{_dtype(state[name])}: save the adapter again from the trained PEFT model"
-                )
+        _check_trained(path, str(base_ref), task, others, state)
         model.load_state_dict(others, strict=False)
     random = [k for k in loading["missing_keys"] if k in state and k not in others]
     if random:
@@ -338,6 +261,120 @@ def load_peft_adapter(path: str | Path, base_model: str | None = None):
         "pruning": None,
     }
     return model.eval(), tokenizer, info
+
+
+def _base_model(path: Path, config: dict, base_model: str | None) -> tuple[str, str]:
+    """(the base model as named, its local directory): `base_model`, else the one the adapter records."""
+    base_ref = base_model or config.get("base_model_name_or_path")
+    if not base_ref:
+        raise DSEEError(f"PEFT adapter '{path}' records no base model: pass --base-model (base_model=...)")
+    try:
+        base_path = resolve_model(base_ref)
+        if not Path(base_path).is_dir():
+            raise DSEEError(f"'{base_ref}' is a hub name and this machine reads local models only")
+    except DSEEError as exc:
+        raise DSEEError(
+            f"PEFT adapter '{path}' needs its base model '{base_ref}', which cannot be loaded ({exc}): pass "
+            f"--base-model (base_model=...) with a local copy of the weights it was trained on"
+        ) from None
+    return base_ref, base_path
+
+
+def _read_weights(path: Path) -> tuple[dict, dict]:
+    """({saved name: tensor}, safetensors metadata) of the adapter's weights file."""
+    from safetensors import SafetensorError, safe_open  # the 'tune' extra
+
+    try:
+        with safe_open(str(path / ADAPTER_WEIGHTS), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise DSEEError(
+            f"'{path / ADAPTER_WEIGHTS}' is not a readable safetensors file ({exc}): PEFT writes it with "
+            f"save_pretrained (safe_serialization, the default); restore it"
+        ) from exc
+    return tensors, metadata
+
+
+def _sites(model, arch) -> dict[str, list]:
+    """Where each logical projection of each block lives, by module name: {name: [(target, part, parts)]}."""
+    names = {id(m): n for n, m in model.named_modules()}
+    sites: dict[str, list] = {}
+    for block in arch.blocks(model):
+        for target in TARGETS:
+            site = arch.site(target)
+            name = f"{names[id(block)]}.{site.path}"
+            sites.setdefault(name, []).append((target, site.part, site.parts))
+    return sites
+
+
+def _dsee_config(config: dict, lora: dict, sites: dict[str, list]) -> DSEEConfig:
+    """One DSEE config for every update: the targets the adapter adapts, its largest rank, its own scale."""
+    targets = tuple(t for t in TARGETS if any(t in [s[0] for s in sites[m]] for m in lora))
+    rank = max((ab["A"].shape[0] for ab in lora.values()), default=1)
+    # the adapter's own scale, s = alpha / r
+    reference = scaling(config, config.get("lora_alpha", 8), config.get("r", rank))
+    return DSEEConfig(rank=rank, alpha=reference * rank, num_sparse=0, target_modules=targets)
+
+
+def _check_lora_shapes(path: Path, base_ref: str, model, lora: dict) -> None:
+    """Refuses a module whose lora_A and lora_B do not fit each other and the base projection they update."""
+    for name, ab in sorted(lora.items()):
+        a, b = ab["A"], ab["B"]  # (r, in), (out, r)
+        out_f, in_f = model.get_submodule(name).out_in_weight.shape
+        if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
+            raise DSEEError(
+                f"PEFT adapter '{path}' does not fit '{base_ref}': {name} has lora_A {tuple(a.shape)} and "
+                f"lora_B {tuple(b.shape)}, the base projection is {out_f} x {in_f}: pass --base-model with "
+                f"the model the adapter was trained on"
+            )
+
+
+def _load_updates(
+    model, lora: dict, sites: dict[str, list], config: dict, alphas: dict, dsee: DSEEConfig
+) -> None:
+    """Each module's lora_A and lora_B into the DSEE updates of its projections, zero-padded to the largest
+    rank, B rescaled to the one DSEE scale (see the module's docstring)."""
+    for name, ab in sorted(lora.items()):
+        a, b = ab["A"].float(), ab["B"].float()  # (r, in), (out, r)
+        layer = model.get_submodule(name)
+        out_f = layer.out_in_weight.shape[0]
+        r = a.shape[0]
+        b = b * (scaling(config, alphas[name], r) / dsee.scaling)
+        for target, part, parts in sites[name]:
+            update = layer.updates[target]
+            rows = slice(part * out_f // parts, (part + 1) * out_f // parts)
+            update.lora_A.zero_()[:r] = a
+            update.lora_B.zero_()[:, :r] = b[rows]
+
+
+def _check_trained(path: Path, base_ref: str, task, others: dict, state: dict) -> None:
+    """Refuses a trained tensor the model (its `state`) has not, or has in another shape or kind; renames in
+    `others` a trained bias to the name it has here."""
+    # A bias PEFT trained (bias="all" or "lora_only") is saved as its wrapped projection's base_layer.bias;
+    # here that projection is a DSEE layer (the same name) or, outside the blocks, a plain one again.
+    for name in [n for n in others if n not in state]:
+        plain = name.replace(".base_layer.", ".")
+        if plain in state:
+            others[plain] = others.pop(name)
+    unknown = sorted(set(others) - set(state))
+    if unknown:
+        raise DSEEError(
+            f"PEFT adapter '{path}' holds {unknown[0]}, which '{base_ref}' (as a {task.kind} model) has not: "
+            f"pass --base-model with the model the adapter was trained on"
+        )
+    for name, tensor in others.items():
+        if tensor.shape != state[name].shape:
+            raise DSEEError(
+                f"PEFT adapter '{path}' has {name} of shape {tuple(tensor.shape)}, '{base_ref}' expects "
+                f"{tuple(state[name].shape)}: pass --base-model with the model the adapter was trained on"
+            )
+        # load_state_dict would cast silently (int64 weights to float)
+        if tensor.is_floating_point() != state[name].is_floating_point():
+            raise DSEEError(
+                f"'{path / ADAPTER_WEIGHTS}' holds {name} as {_dtype(tensor)}, where '{base_ref}' has "
+                f"{_dtype(state[name])}: save the adapter again from the trained PEFT model"
+            )
 
 
 # The PEFT task type of each task an adapter can be written for.

@@ -7,8 +7,13 @@ import copy
 import re
 from pathlib import Path
 
+from ..checkpoint import MASKS_FILE, load_dsee
 from ..checkpoint.peft_config import ADAPTER_WEIGHTS, BASE_SHA_KEY
+from ..data import Task
 from ..errors import DSEEError, require_extra
+from ..models import load_model, resolve_model
+from ..outputs import Output
+from ..tuning import DSEEConfig, dsee_layers
 
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
@@ -19,22 +24,58 @@ def to_peft(
     """Write DSEE checkpoint `checkpoint` as a PEFT LoRA adapter directory `output` (with its tokenizer) that
     `peft.PeftModel.from_pretrained(base, output)` loads to the same outputs. Refused where PEFT cannot hold
     the checkpoint: sparse entries, pruning. Returns the output path."""
-    import torch
-
-    from ..checkpoint import MASKS_FILE, load_dsee
-    from ..models import load_model, resolve_model
-    from ..outputs import Output
-    from ..tuning import DSEEConfig, dsee_layers
+    import torch  # the 'tune' extra
 
     require_extra("peft", "peft")
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
-
-    from ..data import Task
+    from peft import LoraConfig, get_peft_model  # the 'peft' extra
+    from safetensors.torch import load_file, save_file  # the 'tune' extra
 
     ckpt = Path(checkpoint)
     target = Output(output, overwrite, {"the checkpoint": ckpt})
     model, tokenizer, info = load_dsee(ckpt, base_model)
+    task = _peft_task(ckpt, model, info)
+    dsee = DSEEConfig.from_dict(info["dsee"])
+    modules = _lora_modules(model, dsee)
+    base_ref = info["base_model"]["name_or_path"]
+    base_path = resolve_model(base_model or base_ref)
+    fresh, _ = load_model(base_path, copy.deepcopy(model.config), task)  # the model's own labels and task
+    trained = {n: t for n, t in model.state_dict().items() if n in set(info["trainable"])}
+    fresh.load_state_dict(trained, strict=False)
+    # Exact module names, escaped: PEFT matches pattern keys as regexes on the names' dotted tails.
+    wider = {re.escape(n): a.shape[0] for n, (a, _) in modules.items() if a.shape[0] != dsee.rank}
+    lora = LoraConfig(
+        r=dsee.rank,
+        lora_alpha=dsee.alpha,
+        target_modules=sorted(modules),
+        rank_pattern=wider,
+        alpha_pattern={k: dsee.scaling * r for k, r in wider.items()},
+        fan_in_fan_out=any(layer.fan_in_fan_out for _, layer in dsee_layers(model)),
+        modules_to_save=_modules_to_save(model, info) or None,
+        task_type=PEFT_TASK_TYPES[task.kind],
+        base_model_name_or_path=str(base_ref),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    peft_model = get_peft_model(fresh, lora)
+    with torch.no_grad():
+        for name, (a, b) in modules.items():
+            layer = peft_model.base_model.model.get_submodule(name)
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+    with target as out:
+        peft_model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        # The base weights' hash, for load_peft_adapter to check (PEFT ignores safetensors metadata).
+        weights = out / ADAPTER_WEIGHTS
+        tensors = load_file(str(weights))
+        save_file(
+            tensors, str(weights), metadata={"format": "pt", BASE_SHA_KEY: info["base_model"]["sha256"]}
+        )
+    return Path(output)
+
+
+def _peft_task(ckpt: Path, model, info: dict) -> Task:
+    """The checkpoint's task, once it is known that a PEFT LoRA adapter can hold the checkpoint."""
     if info["pruning"] or (ckpt / MASKS_FILE).is_file():
         raise DSEEError(
             f"checkpoint '{ckpt}' is pruned, and a PEFT adapter applies to the unpruned base model: export the "
@@ -58,9 +99,15 @@ def to_peft(
             f"checkpoint '{ckpt}' is a {task.kind} model; PEFT adapters are written for "
             f"{', '.join(PEFT_TASK_TYPES)} checkpoints"
         )
-    dsee = DSEEConfig.from_dict(info["dsee"])
-    # One PEFT module per wrapped projection: a packed one (GPT-2's c_attn) with k DSEE updates becomes one LoRA
-    # of rank k r, A stacked (k r, in) and B block-diagonal (out, k r), which multiplies out to the same blocks.
+    return task
+
+
+def _lora_modules(model, dsee: DSEEConfig) -> dict:
+    """{module name: (A, B)}, one PEFT module per wrapped projection: a packed one (GPT-2's c_attn) with k DSEE
+    updates becomes one LoRA of rank k r, A stacked (k r, in) and B block-diagonal (out, k r), which multiplies
+    out to the same blocks."""
+    import torch  # the 'tune' extra
+
     modules = {}
     for name, layer in dsee_layers(model):
         out_f, in_f = layer.out_in_weight.shape
@@ -70,49 +117,17 @@ def to_peft(
         for i, u in enumerate(updates):
             b[u.rows, i * dsee.rank : (i + 1) * dsee.rank] = u.lora_B.detach()
         modules[name] = (a, b)
-    # What else trained (the task head, a pooler the base lacked), as PEFT's modules_to_save: a head by its
-    # top-level name (PEFT wraps "classifier" whole; wrapping its children too would nest two wrappers).
+    return modules
+
+
+def _modules_to_save(model, info: dict) -> list[str]:
+    """What else trained (the task head, a pooler the base lacked), as PEFT's modules_to_save: a head by its
+    top-level name (PEFT wraps "classifier" whole; wrapping its children too would nest two wrappers)."""
     prefix = model.base_model_prefix + "."
-    head = sorted(
+    return sorted(
         {
             n.rsplit(".", 1)[0] if n.startswith(prefix) else n.split(".", 1)[0]
             for n in info["trainable"]
             if ".updates." not in n
         }
     )
-    base_ref = info["base_model"]["name_or_path"]
-    base_path = resolve_model(base_model or base_ref)
-    fresh, _ = load_model(base_path, copy.deepcopy(model.config), task)  # the model's own labels and task
-    trained = {n: t for n, t in model.state_dict().items() if n in set(info["trainable"])}
-    fresh.load_state_dict(trained, strict=False)
-    # Exact module names, escaped: PEFT matches pattern keys as regexes on the names' dotted tails.
-    wider = {re.escape(n): a.shape[0] for n, (a, _) in modules.items() if a.shape[0] != dsee.rank}
-    lora = LoraConfig(
-        r=dsee.rank,
-        lora_alpha=dsee.alpha,
-        target_modules=sorted(modules),
-        rank_pattern=wider,
-        alpha_pattern={k: dsee.scaling * r for k, r in wider.items()},
-        fan_in_fan_out=any(layer.fan_in_fan_out for _, layer in dsee_layers(model)),
-        modules_to_save=head or None,
-        task_type=PEFT_TASK_TYPES[task.kind],
-        base_model_name_or_path=str(base_ref),
-        lora_dropout=0.0,
-        bias="none",
-    )
-    peft_model = get_peft_model(fresh, lora)
-    with torch.no_grad():
-        for name, (a, b) in modules.items():
-            layer = peft_model.base_model.model.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
-    with target as out:
-        peft_model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        # The base weights' hash, for load_peft_adapter to check (PEFT ignores safetensors metadata).
-        weights = out / ADAPTER_WEIGHTS
-        tensors = load_file(str(weights))
-        save_file(
-            tensors, str(weights), metadata={"format": "pt", BASE_SHA_KEY: info["base_model"]["sha256"]}
-        )
-    return Path(output)
