@@ -18,6 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..architectures import get_module, get_spec
+from ..runtime import make_session
+from ..runtime.generate import Decoder
+from ..runtime.generate import GenerationConfig as Sampling
+from .validate import ValidationError
+
 PAST = "past_key_values.{}.{}"  # Optimum's and transformers.js's names, per layer, "key" / "value"
 PRESENT = "present.{}.{}"
 INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -25,7 +31,6 @@ INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 def cache_heads(model) -> list[int]:
     """Heads each layer of `model` keeps, i.e. the width of its cache (0: no attention, no cache)."""
-    from ..architectures import get_module, get_spec
     from ..surgery.shrink import AttentionSkip
 
     spec = get_spec(model.config.model_type)
@@ -255,23 +260,27 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
     included); then greedy generation, several prompts of other lengths in one batch, token by token against
     transformers' `generate`. `atol=None` (int8, fp16) records differences and token agreement instead of
     failing on them. Raises ValidationError listing every failure."""
-    import torch
-    from transformers import GenerationConfig
-
-    from ..architectures import get_spec
-    from ..runtime import make_session
-    from ..runtime.generate import Decoder
-    from ..runtime.generate import GenerationConfig as Sampling
-    from .validate import ValidationError
-
-    spec = get_spec(model.config.model_type)
     session = make_session(path, providers=["CPUExecutionProvider"])
     decoder = Decoder(session, [], model.config.pad_token_id or 0, None)
+    rng = np.random.default_rng(0)  # the logits' inputs first, then the greedy prompts
+    model.eval()
+    checks, failures = _check_logits(model, session, decoder, rng, atol)
+    greedy, greedy_failures = _check_greedy(model, decoder, rng, atol)
+    failures += greedy_failures
+    if failures:
+        raise ValidationError("ONNX decoder does not match PyTorch:\n" + "\n".join(failures))
+    return {"passed": True, "atol": atol, "checks": checks, "greedy": greedy}
+
+
+def _check_logits(model, session, decoder, rng, atol: float | None) -> tuple[list[dict], list[str]]:
+    """(checks, failures): each of DECODE_SHAPES run as a prompt, a run of tokens and one token, its logits
+    against PyTorch's on the whole sequence."""
+    import torch  # the 'tune' extra
+
+    spec = get_spec(model.config.model_type)
     c = decoder.cache
-    rng = np.random.default_rng(0)
     vocab = model.get_input_embeddings().num_embeddings
     failures, checks = [], []
-    model.eval()
     for batch, prompt, more in DECODE_SHAPES:
         total = prompt + more + 1
         ids = rng.integers(5, vocab, size=(batch, total), dtype=np.int64)
@@ -300,28 +309,16 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
                 failures.append(
                     f"  logits     batch {batch}, past {start}, seq {stop - start}: max |diff| {diff:.3e}"
                 )
-    # Greedy generation against transformers', EOS ignored on both sides so that every row runs its length.
-    lengths = GREEDY_PROMPTS
-    prompts = [rng.integers(5, vocab, size=n).tolist() for n in lengths]
-    width = max(lengths)
-    pad = model.config.pad_token_id or 0
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :], mask[row, width - len(p) :] = torch.tensor(p), 1
-    from transformers.utils import logging as hf_logging
+    return checks, failures
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # generate() notes that this config differs from the model's: it is meant to
-    with torch.no_grad():
-        want = model.generate(
-            ids,
-            attention_mask=mask,
-            generation_config=GenerationConfig(
-                max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=pad
-            ),
-        )[:, width:].numpy()
-    hf_logging.set_verbosity(verbosity)
+
+def _check_greedy(model, decoder, rng, atol: float | None) -> tuple[dict, list[str]]:
+    """(what was compared, failures): GREEDY_PROMPTS decoded together by the engine against transformers'
+    `generate`, EOS ignored on both sides so that every row runs its length."""
+    vocab = model.get_input_embeddings().num_embeddings
+    prompts = [rng.integers(5, vocab, size=n).tolist() for n in GREEDY_PROMPTS]
+    pad = model.config.pad_token_id or 0
+    want = _generate(model, prompts, pad)
     got = np.stack(list(decoder.steps(prompts, Sampling(max_new_tokens=GREEDY_TOKENS))), axis=1)
     # generate() may still end a row at the model's own EOS (its generation config) and pad it from there:
     # a row is compared up to and including its first EOS.
@@ -335,21 +332,45 @@ def validate_decoder(model, path: Path, atol: float | None = 1e-4, agreement: bo
     same_rows = int((got == want).all(1).sum())
     ties = _ties(model, prompts, want, got, pad, atol)
     greedy = {
-        "prompt_lengths": list(lengths),
+        "prompt_lengths": list(GREEDY_PROMPTS),
         "new_tokens": GREEDY_TOKENS,
         "identical_rows": f"{same_rows}/{len(prompts)}",
         "token_agreement": f"{int((got == want).sum())}/{want.size}",
     }
     if ties:
         greedy["diverged_at_ties"] = ties
-    if atol is not None and same_rows + len(ties) != len(prompts):
-        failures.append(
-            f"  greedy     {len(prompts) - same_rows - len(ties)} of {len(prompts)} prompts decode other tokens "
-            f"than transformers' generate (not at a tie of their logits)"
-        )
-    if failures:
-        raise ValidationError("ONNX decoder does not match PyTorch:\n" + "\n".join(failures))
-    return {"passed": True, "atol": atol, "checks": checks, "greedy": greedy}
+    if atol is None or same_rows + len(ties) == len(prompts):
+        return greedy, []
+    return greedy, [
+        f"  greedy     {len(prompts) - same_rows - len(ties)} of {len(prompts)} prompts decode other tokens "
+        f"than transformers' generate (not at a tie of their logits)"
+    ]
+
+
+def _generate(model, prompts: list[list[int]], pad: int) -> np.ndarray:
+    """transformers' greedy tokens for `prompts` (left padded into one batch), GREEDY_TOKENS of each, no EOS:
+    (prompts, GREEDY_TOKENS)."""
+    import torch  # the 'tune' extra
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :], mask[row, width - len(p) :] = torch.tensor(p), 1
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # generate() notes that this config differs from the model's: it is meant to
+    with torch.no_grad():
+        want = model.generate(
+            ids,
+            attention_mask=mask,
+            generation_config=GenerationConfig(
+                max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=pad
+            ),
+        )[:, width:].numpy()
+    hf_logging.set_verbosity(verbosity)
+    return want
 
 
 def _ties(model, prompts, want, got, pad: int, atol: float | None) -> list[dict]:
