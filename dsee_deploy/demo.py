@@ -18,7 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import dsee_deploy as dd
+
 from . import SAMPLES
+from .errors import DSEEError
+from .export.summary import summarize
+from .serve import Engine
 
 NEW_SENTENCES = [
     "a gripping, beautifully acted story",
@@ -44,8 +49,6 @@ def shown(config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import DSEEError
-
     try:
         return demo(argv)
     except DSEEError as exc:  # bad input, as the CLIs print it
@@ -62,30 +65,49 @@ def demo(argv: list[str] | None = None) -> int:
         "--output", default="demo-runs", help="Where the demo writes (its own folder, replaced each run)."
     )
     a = p.parse_args(argv)
-
-    import dsee_deploy as dd
-
-    from .errors import DSEEError
-    from .export.summary import summarize
-
     root = Path(a.output)
-    if a.data:
-        data = Path(a.data)
-        if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
-            raise DSEEError(f"--data '{data}' needs train.tsv and dev.tsv (GLUE layout)")
-        train, files = str(data / "train.tsv"), {"eval": str(data / "dev.tsv")}
-        if (data / "test.tsv").is_file():
-            files["test"] = str(data / "test.tsv")
-        config = dd.TuneConfig(max_train_samples=4000, max_eval_samples=1000, max_length=64, epochs=1)
-        source = f"{data} (first 4,000 training sentences, 1 epoch)"
-    else:
+    train, files, config, source = _training_data(a.data)
+    started = time.perf_counter()
+    tuned = _tune(root, train, files, config, source)
+    pruned = _prune(root, train, files, config, tuned)
+    merged, logits = _load_merged(tuned, pruned)
+
+    engine_dir = root / "engine"
+    step("4. dd.export: the pruned checkpoint as an ONNX Runtime engine, validated against PyTorch")
+    print(f">>> dd.export({str(pruned.path)!r}, {str(engine_dir)!r}, overwrite=True)", flush=True)
+    print(summarize(dd.export(pruned.path, engine_dir, overwrite=True), engine_dir))
+
+    _classify(engine_dir, merged, logits)
+    engines = _bench(root, tuned, pruned, engine_dir, a.data)
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {tuned.path}/ and "
+        f"{pruned.path}/, engines in {engine_dir}/ and {engines}/, benchmark in {root / 'bench'}/ (the full one: "
+        f"dsee-bench --suite benchmarks/suites/bert-base-geometry.toml)"
+    )
+    return 0
+
+
+def _training_data(data_dir: str | None):
+    """(training file, {"eval": dev file[, "test": test file]}, TuneConfig, a line saying what it is): the
+    GLUE-style folder `data_dir`, else the sample sentences shipped with the package."""
+    if not data_dir:
         train, files = str(SAMPLES / "train.tsv"), {"eval": str(SAMPLES / "dev.tsv")}
         config = dd.TuneConfig(batch_size=16, max_length=32, epochs=3)
-        source = "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
+        return train, files, config, "the 360 sample sentences shipped with dsee-deploy (288 train, 72 dev)"
+    data = Path(data_dir)
+    if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
+        raise DSEEError(f"--data '{data}' needs train.tsv and dev.tsv (GLUE layout)")
+    train, files = str(data / "train.tsv"), {"eval": str(data / "dev.tsv")}
+    if (data / "test.tsv").is_file():
+        files["test"] = str(data / "test.tsv")
+    config = dd.TuneConfig(max_train_samples=4000, max_eval_samples=1000, max_length=64, epochs=1)
+    return train, files, config, f"{data} (first 4,000 training sentences, 1 epoch)"
 
+
+def _tune(root: Path, train: str, files: dict, config, source: str):
+    """Step 1: tune with DSEE; the tuned checkpoint."""
     step(f"1. dd.tune: DSEE (r=16 low-rank + 16 sparse entries on Q and V) on {source}")
     print(f">>> dd.tune({train!r}, {str(root / 'tune')!r}, eval=..., config={shown(config)})", flush=True)
-    started = time.perf_counter()
     tuned = dd.tune(train, root / "tune", **files, config=config, dsee=dd.DSEEConfig(), overwrite=True)
     m = tuned.metrics
     print(
@@ -94,6 +116,12 @@ def demo(argv: list[str] | None = None) -> int:
         f"({m['train_step_time_s']:.2f} s/step); dev accuracy {100 * m['eval_accuracy']:.1f} %"
         + (f"; test accuracy {100 * m['test_accuracy']:.1f} %" if "test_accuracy" in m else "")
     )
+    return tuned
+
+
+def _prune(root: Path, train: str, files: dict, config, tuned):
+    """Step 2: prune half the heads and FFN neurons of `tuned` and re-tune; the pruned checkpoint."""
+    from .pipeline.prune import pruning_report  # the 'tune' extra (it imports torch)
 
     step(
         "2. prune 50 % of the heads and 50 % of the FFN neurons (taylor scores, global), re-tune with distillation"
@@ -107,15 +135,18 @@ def demo(argv: list[str] | None = None) -> int:
     pruned = dd.tune(
         train, root / "pruned", **files, resume=tuned.path, config=retune, prune=prune_config, overwrite=True
     )
-    from .pipeline.prune import pruning_report
-
     print(pruning_report(pruned.path))
+    return pruned
+
+
+def _load_merged(tuned, pruned):
+    """Step 3: both checkpoints merged, each checked against its unmerged model on NEW_SENTENCES; the pruned
+    merged model and its logits (len(NEW_SENTENCES), labels)."""
+    import torch  # the 'tune' extra
 
     step(
         "3. load_merged: the update merged into the weights, a plain (and for the pruned one, smaller) model"
     )
-    import torch
-
     for name, ckpt in (("unpruned", tuned.path), ("pruned", pruned.path)):
         merged, tokenizer = dd.load_merged(ckpt)
         unmerged, _, _ = dd.load_dsee(ckpt)
@@ -128,15 +159,12 @@ def demo(argv: list[str] | None = None) -> int:
             f"{name}: {type(merged).__name__}, {params:,} parameters; merged vs unmerged logits: max abs "
             f"difference {diff:.2e}"
         )
+    return merged, logits
 
-    engine_dir = root / "engine"
-    step("4. dd.export: the pruned checkpoint as an ONNX Runtime engine, validated against PyTorch")
-    print(f">>> dd.export({str(pruned.path)!r}, {str(engine_dir)!r}, overwrite=True)", flush=True)
-    print(summarize(dd.export(pruned.path, engine_dir, overwrite=True), engine_dir))
 
+def _classify(engine_dir: Path, merged, logits) -> None:
+    """Step 5: the engine on NEW_SENTENCES, its labels against PyTorch's (`logits` of the `merged` model)."""
     step("5. the engine (dsee_deploy.serve.Engine, what dsee-serve runs) on sentences it never saw")
-    from .serve import Engine
-
     engine = Engine.load(engine_dir)
     same = 0
     for text, answer, row in zip(NEW_SENTENCES, engine.predict(NEW_SENTENCES), logits, strict=True):
@@ -145,6 +173,9 @@ def demo(argv: list[str] | None = None) -> int:
         print(f"  {name:>8} ({answer['score']:.2f})  {text}")
     print(f"the same labels as PyTorch for {same} of {len(NEW_SENTENCES)}")
 
+
+def _bench(root: Path, tuned, pruned, engine_dir: Path, data_dir: str | None) -> Path:
+    """Step 6: the pruned engines against the dense one, fp32 and int8; the folder of the engines it exported."""
     step("6. dd.bench: the pruned engines against the dense (unpruned) one, fp32 and int8, on this machine")
     engines = root / "engines"
     exports = {
@@ -157,7 +188,7 @@ def demo(argv: list[str] | None = None) -> int:
             f">>> dd.export({str(ckpt)!r}, {str(engines / name)!r}, {shown(export_config)}, overwrite=True)"
         )
         dd.export(ckpt, engines / name, export_config, overwrite=True)
-    eval_data = str((Path(a.data) / "dev.tsv") if a.data else SAMPLES / "dev.tsv")
+    eval_data = str((Path(data_dir) / "dev.tsv") if data_dir else SAMPLES / "dev.tsv")
     bench_config = dd.BenchConfig(batch_sizes=[1], seq_lens=[64], rounds=5, eval_data=eval_data)
     baselines = [f"dense={engines / 'dense'}", f"dense-int8={engines / 'dense-int8'}"]
     variants = [f"pruned={engine_dir}", f"pruned-int8={engines / 'pruned-int8'}"]
@@ -171,12 +202,7 @@ def demo(argv: list[str] | None = None) -> int:
         f"pruned-int8 is {results.speedup('pruned-int8', 'dense'):.2f}x the dense fp32 engine "
         f"({results.speedup('pruned-int8', 'dense-int8'):.2f}x dense int8) at batch 1, sequence 64"
     )
-    print(
-        f"\ndemo finished in {time.perf_counter() - started:.0f} s; checkpoints in {tuned.path}/ and "
-        f"{pruned.path}/, engines in {engine_dir}/ and {engines}/, benchmark in {root / 'bench'}/ (the full one: "
-        f"dsee-bench --suite benchmarks/suites/bert-base-geometry.toml)"
-    )
-    return 0
+    return engines
 
 
 if __name__ == "__main__":
