@@ -8,7 +8,8 @@ The pipeline is four verbs, each taking its inputs and a config dataclass and re
     manifest = dd.export("runs/sst2-s", "engines/sst2-s", dd.ExportConfig(quantize="int8"))  # Manifest
     results = dd.bench(["engines/sst2-s"], ["engines/dense"], dd.BenchConfig(rounds=5))      # BenchResults
 
-A PEFT LoRA adapter directory is taken wherever a checkpoint is, and `dd.to_peft(checkpoint, out)` writes one.
+A PEFT LoRA adapter directory is taken wherever a checkpoint is, and `dd.to_peft(checkpoint, out)` writes one;
+`dd.to_sentence_transformers(checkpoint, out)` writes a directory that `SentenceTransformer(out)` loads.
 
 `tune`, `prune`, `load_merged`, `load_dsee` and `to_peft` need the `tune` extra (torch, transformers), `export` the
 `export` extra too; importing the package needs neither, and `bench` on engines needs only the core.
@@ -109,6 +110,20 @@ def to_peft(checkpoint, output, base_model=None, overwrite: bool = False) -> Pat
     return _to_peft(checkpoint, output, base_model, overwrite)
 
 
+def to_sentence_transformers(
+    source, output, *, engine=None, overwrite: bool = False, base_model: str | None = None
+) -> Path:
+    """Write a checkpoint or model directory as a sentence-transformers directory (needs the `embeddings` extra),
+    with a dsee-export feature-extraction `engine` as its onnx/model.onnx; see
+    dsee_deploy.interop.sentence_transformers.to_sentence_transformers."""
+    from .errors import require_extra
+
+    require_extra("tune", "torch", "transformers", "safetensors")
+    from .interop.sentence_transformers import to_sentence_transformers as _to_st
+
+    return _to_st(source, output, engine=engine, overwrite=overwrite, base_model=base_model)
+
+
 _LAZY = {
     # The configs and results of the torch side, imported when first named (the 'tune' extra).
     "DSEEConfig": ("tuning.config", "DSEEConfig"),
@@ -147,5 +162,6 @@ __all__ = [
     "load_merged",
     "prune",
     "to_peft",
+    "to_sentence_transformers",
     "tune",
 ]

@@ -12,7 +12,9 @@ POOLINGS = ("mean", "cls")
 
 def pooling_of(model_dir: Path | None) -> tuple[str, bool]:
     """(pooling, normalize) as a sentence-transformers model directory declares them (1_Pooling/config.json
-    and a Normalize module in modules.json); mean pooling without normalization where nothing is declared."""
+    and a Normalize module in modules.json); mean pooling without normalization where nothing is declared.
+    Both forms of the pooling config are read: `"pooling_mode": "cls"` (sentence-transformers 5, which
+    writes it) and `"pooling_mode_cls_token": true` (before 5, the packaged model's)."""
     if model_dir is None or not (Path(model_dir) / "modules.json").is_file():
         return "mean", False
     modules = json.loads((Path(model_dir) / "modules.json").read_text())
@@ -21,7 +23,9 @@ def pooling_of(model_dir: Path | None) -> tuple[str, bool]:
     for m in modules:
         config = Path(model_dir) / m.get("path", "") / "config.json"
         if m.get("type", "").endswith("Pooling") and config.is_file():
-            if json.loads(config.read_text()).get("pooling_mode_cls_token"):
+            declared = json.loads(config.read_text())
+            # sentence-transformers 5 writes `pooling_mode` ("cls", or a list of modes); before 5, one bool a mode
+            if declared.get("pooling_mode") in ("cls", ["cls"]) or declared.get("pooling_mode_cls_token"):
                 pooling = "cls"
     return pooling, normalize
 
