@@ -1,6 +1,7 @@
 """Texts to graph inputs: the engine's own tokenizer (tokenizer.json), truncated at one max length, and batches
 planned by length. A batch is tokenized without padding, sorted by length and split into buckets that are each
-padded to their own longest input, so a long input does not make every short one pay for its padding."""
+padded to their own longest input, so a long input does not make every short one pay for its padding.
+Pre-tokenized inputs (TokenIds) join the same batches as their own encodings."""
 
 from __future__ import annotations
 
@@ -19,7 +20,21 @@ from ..errors import DSEEError
 # is split, so they drop out of the plan.
 RUN_COST_TOKENS = 20
 
-Input = str | tuple[str, str]
+
+@dataclass(frozen=True)
+class TokenIds:
+    """A pre-tokenized input (OpenAI's token arrays): the whole sequence the model runs, special tokens included,
+    never truncated. It stands in for the tokenizer's Encoding (`ids`, `type_ids`) wherever texts are padded, so
+    that it batches with texts. Made by TextEncoder.token_ids, which checks it against the tokenizer."""
+
+    ids: tuple[int, ...]
+
+    @property
+    def type_ids(self) -> tuple[int, ...]:
+        return (0,) * len(self.ids)  # one segment: a pair cannot be told apart in a flat list of ids
+
+
+Input = str | tuple[str, str] | TokenIds
 
 
 @dataclass(frozen=True)
@@ -35,12 +50,14 @@ class TextEncoder:
     Safe to share between threads: tokenizers' encode_batch runs concurrently without harm, but its setters
     raise 'Already borrowed' when they race an encode, so truncation and padding are set once, here."""
 
-    def __init__(self, tokenizer, max_length: int, padding: Padding):
+    def __init__(self, tokenizer, max_length: int, padding: Padding, vocab_size: int | None = None):
         tokenizer.no_padding()  # exported tokenizer.json files often pad everything to a fixed length
         tokenizer.enable_truncation(max_length, strategy="longest_first")
         self._tokenizer = tokenizer
         self.max_length = max_length
         self.padding = padding
+        # Ids a TokenIds may hold: the tokenizer's, and no more than the model embeds (config.json's vocab_size).
+        self.vocab_size = min(tokenizer.get_vocab_size(with_added_tokens=True), vocab_size or math.inf)
 
     @classmethod
     def from_dir(cls, path: str | Path, max_length: int) -> TextEncoder:
@@ -51,10 +68,43 @@ class TextEncoder:
         tok_config = read_json(path / "tokenizer_config.json", {})
         config = read_json(path / "config.json", {})
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        return cls(tokenizer, max_length, _padding(tokenizer, tok_config, config))
+        vocab_size = config.get("vocab_size")
+        return cls(
+            tokenizer,
+            max_length,
+            _padding(tokenizer, tok_config, config),
+            vocab_size if isinstance(vocab_size, int) else None,
+        )
 
     def encode(self, items: Sequence[Input]) -> list:
-        return self._tokenizer.encode_batch(list(items))
+        """One encoding (`ids`, `type_ids`) per item, in order: texts tokenized, each TokenIds its own."""
+        texts = [x for x in items if not isinstance(x, TokenIds)]
+        if len(texts) == len(items):
+            return self._tokenizer.encode_batch(list(items))
+        encoded = iter(self._tokenizer.encode_batch(texts))
+        return [x if isinstance(x, TokenIds) else next(encoded) for x in items]
+
+    def token_ids(self, values, where: str) -> TokenIds:
+        """`values` as a TokenIds, or a DSEEError naming `where`, what is wrong and the fix: a non-empty list of
+        ints within the vocabulary, at most `max_length` of them (they are never truncated)."""
+        if not isinstance(values, list | tuple) or not all(type(v) is int for v in values):
+            raise DSEEError(
+                f"{where} is not a list of token ids: send a text, or a list of integer token ids"
+            )
+        if not values:
+            raise DSEEError(f"{where} is an empty list of token ids: send at least one token id, or a text")
+        if len(values) > self.max_length:
+            raise DSEEError(
+                f"{where} has {len(values)} token ids, over the engine's max length of {self.max_length}: send "
+                f"at most {self.max_length} (token ids are never truncated), or send the text"
+            )
+        bad = next((j for j, v in enumerate(values) if not 0 <= v < self.vocab_size), None)
+        if bad is not None:
+            raise DSEEError(
+                f"{where} has token id {values[bad]} at position {bad}, outside the vocabulary (0 to "
+                f"{self.vocab_size - 1}): send ids from this engine's tokenizer.json"
+            )
+        return TokenIds(tuple(values))
 
     def pad(self, encodings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input_ids, attention_mask, token_type_ids), each (n, longest), padded on the tokenizer's side."""
@@ -81,17 +131,27 @@ def run_texts(
     """`run(feeds(ids, mask, types))` over `items` in length buckets of at most `batch_size`; the rows of the
     outputs in the order of `items` (None for no items). The one way texts are run, by the engine and by every
     evaluation, so that they batch (and, for dynamic int8, quantize activations) alike."""
+    return run_encodings(encoder.encode(items), encoder, feeds, run, batch_size)
+
+
+def run_encodings(
+    encodings: Sequence,
+    encoder: TextEncoder,
+    feeds: Callable[[np.ndarray, np.ndarray, np.ndarray], dict],
+    run: Callable[[dict], np.ndarray],
+    batch_size: int = 32,
+) -> np.ndarray | None:
+    """run_texts on inputs already encoded (by `encoder.encode`): for a caller that also needs their lengths."""
     if batch_size < 1:
         raise DSEEError(f"batch_size={batch_size} is not a batch size: pass 1 or more")
-    encodings = encoder.encode(items)
     lengths = [len(e.ids) for e in encodings]
-    order = sorted(range(len(items)), key=lengths.__getitem__)
+    order = sorted(range(len(encodings)), key=lengths.__getitem__)
     result = None
     for start, stop in plan_buckets([lengths[i] for i in order], batch_size):
         rows = order[start:stop]
         values = run(feeds(*encoder.pad([encodings[i] for i in rows])))  # (len(rows), ...) for this bucket
         if result is None:
-            result = np.empty((len(items), *values.shape[1:]), values.dtype)
+            result = np.empty((len(encodings), *values.shape[1:]), values.dtype)
         result[rows] = values
     return result
 

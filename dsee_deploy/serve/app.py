@@ -2,6 +2,7 @@
 
     POST /v1/predict  {"inputs": ["text", ["text", "text pair"], ...]}  -> {"predictions": [...]}
     POST /v1/embed    {"inputs": [...]}  -> {"embeddings": [[...], ...]}  (feature-extraction engines)
+    POST /v1/embeddings  OpenAI's embeddings API on the same engines and batches (embeddings.py)
     POST /v1/generate {"prompt": "text", "max_new_tokens": 32, "stream": false}  (causal-LM engines: generation.py)
     GET  /v1/model    the engine's manifest, with how it is served
     GET  /healthz     the process is up;  GET /readyz  the engine is warm and requests are taken
@@ -26,10 +27,11 @@ from ..errors import DSEEError
 from . import openapi
 from .batching import MicroBatcher
 from .connections import RequestLimit
+from .embeddings import add_embeddings_route
 from .engine import Engine
 from .generation import GenerationBatcher
 from .options import ServeOptions
-from .requests import BYTES_PER_CHAR
+from .requests import BYTES_PER_CHAR, BYTES_PER_ID
 from .routes import (
     ENDPOINTS,
     Metrics,
@@ -47,7 +49,8 @@ log = logging.getLogger("dsee_deploy.serve")
 
 
 def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
-    """A FastAPI app serving `engine`: /v1/predict (or /v1/embed), /v1/model, /healthz, /readyz, /metrics."""
+    """A FastAPI app serving `engine`: /v1/predict (or /v1/embed and /v1/embeddings, or /v1/generate),
+    /v1/model, /healthz, /readyz, /metrics."""
     options = options or ServeOptions()
     endpoint = engine.manifest.spec.verb
     if endpoint == "generate" and engine._decoder is None:
@@ -58,8 +61,10 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     batcher = _batcher(engine, options, endpoint)
     metrics = Metrics(batcher)
     batcher.on_batch = metrics.observe_batch
-    # Bodies longer than this cannot pass the limits; refuse them before reading them.
-    max_body = options.max_inputs * (2 * options.max_chars * BYTES_PER_CHAR + 16) + 1024
+    # Bodies longer than this cannot pass the limits; refuse them before reading them. An input is a text pair,
+    # or (/v1/embeddings) a token array of at most max_length ids.
+    per_input = max(2 * options.max_chars * BYTES_PER_CHAR, engine.max_length * BYTES_PER_ID)
+    max_body = options.max_inputs * (per_input + 16) + 1024
     served = Served(engine, options, endpoint, batcher, metrics, max_body)
 
     # FastAPI's own OpenAPI generator would leave out the inference routes (plain Starlette routes, routes.py):
@@ -67,11 +72,13 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     app = FastAPI(
         title="dsee-serve", lifespan=_lifespan(served), docs_url=None, redoc_url=None, openapi_url=None
     )
-    schema = json.dumps(openapi.document(options, endpoint, engine.task))
+    tokens = (engine.encoder.max_length, engine.encoder.vocab_size)
+    schema = json.dumps(openapi.document(options, endpoint, engine.task, tokens))
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
     app.add_middleware(RequestLimit, limit=options.max_connections)
     add_inference_routes(app, served)
+    add_embeddings_route(app, served)
     add_info_routes(app, served, schema)
     return app
 
@@ -82,8 +89,9 @@ def _batcher(engine: Engine, options: ServeOptions, endpoint: str) -> MicroBatch
         return GenerationBatcher(engine, options.max_batch_size, options.max_wait_ms)
 
     def run(inputs: list) -> list:  # one batch, in the batcher's thread
-        if endpoint == "embed":
-            return engine.embed(inputs, batch_size=options.max_batch_size).tolist()
+        if endpoint == "embed":  # (embedding, tokens it ran as) per input: /v1/embeddings answers the count
+            embeddings, tokens = engine.embed_counted(inputs, batch_size=options.max_batch_size)
+            return list(zip(embeddings.tolist(), tokens, strict=True))
         return engine.predict(inputs, batch_size=options.max_batch_size)
 
     return MicroBatcher(run, options.max_batch_size, options.max_wait_ms)

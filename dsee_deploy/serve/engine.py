@@ -19,7 +19,7 @@ from ..errors import DSEEError
 from ..manifest import Manifest
 from ..runtime import TextEncoder, make_session, run_texts
 from ..runtime.generate import Decoder, has_cache
-from ..runtime.text import Input, read_json
+from ..runtime.text import Input, TokenIds, read_json, run_encodings
 from .engine_generation import Generation
 from .inputs import check_inputs
 
@@ -47,6 +47,7 @@ class Engine(Generation):
         self.task: str = manifest.task
         self.labels = labels
         self.max_length = encoder.max_length
+        self.width: int | None = None  # values per input of the task's output, once load has run one
         self.provider: str = session.get_providers()[0]  # what ORT actually runs on, after any fallback
         self.input_names = [i.name for i in session.get_inputs()]
         self._spec = get_spec(manifest.architecture)
@@ -118,6 +119,7 @@ class Engine(Generation):
             raise DSEEError(
                 f"engine '{self.path}' does not run ({reason}): export it again with dsee-export"
             ) from exc
+        self.width = width
         expected = self._task.output_width(self.labels, self.manifest.hidden_size)
         if expected is not None and width != expected:
             raise DSEEError(
@@ -140,19 +142,39 @@ class Engine(Generation):
         return self._task.answer(logits, labels)
 
     def embed(self, inputs: Sequence[Input], batch_size: int = 32) -> np.ndarray:
-        """Sentence embeddings, (n, hidden) float32, of a feature-extraction engine."""
+        """Sentence embeddings, (n, hidden) float32, of a feature-extraction engine. An input is a text, a (text,
+        text_pair) pair, or token ids from `engine.encoder.token_ids(ids, where)`, run as given."""
+        return self.embed_counted(inputs, batch_size)[0]
+
+    def embed_counted(self, inputs: Sequence[Input], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """`embed`'s embeddings, and the tokens each input ran as (after truncation, special tokens included):
+        what OpenAI's usage.prompt_tokens counts, from the one tokenization the engine runs."""
         if self._task.verb != "embed":
             raise DSEEError(self._wrong_task("embed"))
-        return self.run(inputs, batch_size)
+        items = self._items(inputs)
+        if not items:
+            return self.run([]), []
+        encodings = self._encoder.encode(items)
+        embeddings = run_encodings(encodings, self._encoder, self.feeds, self.run_feeds, batch_size)
+        return embeddings, [len(e.ids) for e in encodings]
 
     def run(self, inputs: Sequence[Input], batch_size: int = 32) -> np.ndarray:
         """The task's raw graph output (logits or sentence embeddings) for `inputs`, in their order."""
-        items = check_inputs(inputs)
+        items = self._items(inputs)
         if not items:
             width = self._session.get_outputs()[0].shape[-1]
             return np.zeros((0, width if isinstance(width, int) else 0), np.float32)
 
         return run_texts(items, self._encoder, self.feeds, self.run_feeds, batch_size)
+
+    def _items(self, inputs: Sequence[Input]) -> list[Input]:
+        """`inputs` checked: texts valid Unicode, token ids within this engine's vocabulary and max length (a
+        TokenIds made for another engine would otherwise fail inside ORT, or index past the embeddings)."""
+        items = check_inputs(inputs)
+        for i, x in enumerate(items):
+            if isinstance(x, TokenIds):
+                self._encoder.token_ids(x.ids, f"inputs[{i}]")
+        return items
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The task's graph output for ready graph inputs (see `feeds`)."""

@@ -1,12 +1,13 @@
-"""The checks every engine input passes: a list of texts or (text, text pair) pairs, each valid Unicode (the Python
-API's Engine.predict and the server's request parsing alike)."""
+"""The checks every engine input passes: a list of texts or (text, text pair) pairs, each valid Unicode, or token
+ids made by the engine's TextEncoder.token_ids (the Python API's Engine.predict and the server's request parsing
+alike)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ..errors import DSEEError
-from ..runtime.text import Input
+from ..runtime.text import Input, TokenIds
 
 
 def check_inputs(inputs) -> list[Input]:
@@ -17,6 +18,9 @@ def check_inputs(inputs) -> list[Input]:
         )
     items = []
     for i, x in enumerate(inputs):
+        if isinstance(x, TokenIds):  # checked against the vocabulary by the engine, which knows it
+            items.append(x)
+            continue
         if isinstance(x, str):
             items.append(x)
         elif isinstance(x, tuple | list) and len(x) == 2 and all(isinstance(t, str) for t in x):

@@ -12,7 +12,7 @@ refuses.
 from __future__ import annotations
 
 from .options import ServeOptions
-from .requests import MAX_STOP, MAX_STOP_CHARS
+from .requests import ENCODINGS, MAX_STOP, MAX_STOP_CHARS
 
 ERROR = {
     "type": "object",
@@ -20,7 +20,7 @@ ERROR = {
     "properties": {"error": {"type": "string", "description": "What was wrong, and what to change."}},
 }
 REASONS = {
-    400: "The body is not valid JSON.",
+    400: "The body is not valid JSON (on /v1/embeddings, as OpenAI: or has the wrong shape or a bad value).",
     404: "This engine does not serve this route: the answer names the route it serves.",
     405: "The route takes another method (see the Allow header).",
     408: "The body took longer than --body-timeout to arrive.",
@@ -44,12 +44,17 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def document(options: ServeOptions, endpoint: str, task: str) -> dict:
-    """The OpenAPI document of an app serving POST /v1/`endpoint` (predict, embed or generate) for `task`."""
+def document(options: ServeOptions, endpoint: str, task: str, tokens: tuple[int, int] | None = None) -> dict:
+    """The OpenAPI document of an app serving POST /v1/`endpoint` (predict, embed or generate) for `task`;
+    `tokens` is the engine's (max length, vocabulary size), which bound /v1/embeddings' token arrays."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "dsee-serve", "version": "1"},
-        "paths": {**_inference_paths(options, endpoint, task), **_info_paths()},
+        "paths": {
+            **_inference_paths(options, endpoint, task),
+            "/v1/embeddings": _embeddings_path(options, endpoint, task, tokens),
+            **_info_paths(),
+        },
         "components": {"schemas": {"Error": ERROR}},
     }
 
@@ -101,6 +106,94 @@ def _inputs_body(options: ServeOptions) -> dict:
                 ],
                 "description": "Texts, or [text, text pair] pairs (a lone text is one input).",
             }
+        },
+    }
+
+
+def _embeddings_path(options: ServeOptions, endpoint: str, task: str, tokens: tuple[int, int] | None) -> dict:
+    """POST /v1/embeddings, OpenAI's embeddings API: served (200) by a feature-extraction engine, else 404."""
+    responses = _errors(400, 404, 408, 413, 422, 503)
+    if endpoint == "embed":
+        responses["200"] = _json(
+            _embeddings_answer(), "One embedding per input, in order, and the tokens run."
+        )
+    served = "served by this " + task + " engine" if endpoint == "embed" else "not served by this engine: 404"
+    return {
+        "post": {
+            "operationId": "embeddings",
+            "summary": f"OpenAI's embeddings API ({served})",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _embeddings_body(options, tokens)}},
+            },
+            "responses": responses,
+        }
+    }
+
+
+def _embeddings_body(options: ServeOptions, tokens: tuple[int, int] | None) -> dict:
+    """OpenAI's embeddings request, within --max-inputs, --max-chars and the engine's max length and vocabulary."""
+    text = {"type": "string", "maxLength": options.max_chars}
+    ids = {"type": "integer", "minimum": 0}
+    array = {
+        "type": "array",
+        "items": ids,
+        "minItems": 1,
+        "description": "Token ids, special tokens included.",
+    }
+    if tokens:
+        ids["maximum"], array["maxItems"] = tokens[1] - 1, tokens[0]
+    many = {"type": "array", "items": {"oneOf": [text, array]}, "minItems": 1, "maxItems": options.max_inputs}
+    return {
+        "type": "object",
+        "required": ["input"],
+        "additionalProperties": False,
+        "properties": {
+            "input": {
+                "oneOf": [text, array, many],
+                "description": "A text, a token array, or a list of texts and token arrays (each one input).",
+            },
+            "model": {"type": "string", "description": "Any name: one engine is served; answered back."},
+            "encoding_format": {"enum": list(ENCODINGS), "default": "float"},
+            "dimensions": {
+                "type": ["integer", "null"],
+                "description": "The engine's width or null: embeddings are not truncated.",
+            },
+            "user": {"type": "string", "description": "Ignored."},
+        },
+    }
+
+
+def _embeddings_answer() -> dict:
+    """OpenAI's embeddings response."""
+    embedding = {
+        "type": "object",
+        "required": ["object", "index", "embedding"],
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer", "minimum": 0},
+            "embedding": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {"type": "string", "description": "base64 of little-endian float32 values"},
+                ]
+            },
+        },
+    }
+    count = {"type": "integer", "minimum": 0}
+    usage = {
+        "type": "object",
+        "required": ["prompt_tokens", "total_tokens"],
+        "properties": {"prompt_tokens": count, "total_tokens": count},
+    }
+    return {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": embedding},
+            "model": {"type": "string"},
+            "usage": usage,
         },
     }
 

@@ -1,6 +1,7 @@
 """The routes of dsee-serve, registered onto the app of create_app (app.py) one group at a time:
 
     add_inference_routes  POST /v1/predict, /v1/embed and /v1/generate: inputs through the engine's batcher
+                          (POST /v1/embeddings, OpenAI's, is embeddings.py's, through the same answer_batched)
     add_info_routes       GET /v1/model, /openapi.json, /healthz, /readyz, /metrics
 
 Every route reads what it serves from one `Served`, and counts what it answers in its `Metrics`.
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request, Response
@@ -200,13 +202,26 @@ def add_info_routes(app: FastAPI, served: Served, schema: str) -> None:
 
 async def _serve(served: Served, request: Request, route: str) -> Response:
     """POST /v1/predict or /v1/embed (or /v1/generate on an engine that does not generate): one answer a request."""
+
+    async def work() -> dict:
+        if route != served.endpoint:
+            raise RequestError(404, wrong_endpoint(served.engine, route, served.endpoint))
+        inputs = parse_inputs(await read_body(request, served.max_body, served.options), served.options)
+        results = await served.batcher.submit(inputs)
+        if route == "embed":  # the batcher answers (embedding, tokens), the tokens for /v1/embeddings' usage
+            results = [embedding for embedding, _ in results]
+        return {ENDPOINTS[route]: results}
+
+    return await answer_batched(served, route, work)
+
+
+async def answer_batched(served: Served, route: str, work: Callable[[], Awaitable[dict]]) -> Response:
+    """The answer of a route whose inputs run through the micro-batcher: `work()`'s payload, or the error it
+    raised as a status and one line, counted in the metrics of `route` (the same for every such route)."""
     started = time.perf_counter()
     status, payload = 200, None
     try:
-        if route != served.endpoint:
-            raise RequestError(404, _wrong_endpoint(served.engine, route, served.endpoint))
-        inputs = parse_inputs(await read_body(request, served.max_body, served.options), served.options)
-        payload = {ENDPOINTS[route]: await served.batcher.submit(inputs)}
+        payload = await work()
     except RequestError as exc:
         status, payload = exc.status, {"error": str(exc)}
     except DSEEError as exc:  # the engine refused this request's input (it ran alone: see the batcher)
@@ -316,7 +331,8 @@ def without_paths(value):
     return value
 
 
-def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
+def wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
+    """The 404 of a route this engine does not serve (/v1/embeddings as /v1/embed), naming the one it does."""
     if endpoint == "generate":
         return f"engine '{engine.path.name}' is a causal-LM engine: POST /v1/generate"
     if route == "generate":
@@ -324,7 +340,7 @@ def _wrong_endpoint(engine: Engine, route: str, endpoint: str) -> str:
             f"engine '{engine.path.name}' is a {engine.task} engine, so it generates no text: POST /v1/{endpoint}, or "
             f"serve a causal-LM engine"
         )
-    if route == "embed":
+    if route in ("embed", "embeddings"):
         return (
             f"engine '{engine.path.name}' is a {engine.task} engine, so it has no embeddings: POST /v1/predict, or "
             f"serve an engine exported with --task feature-extraction"
