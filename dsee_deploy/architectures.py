@@ -150,6 +150,18 @@ def _key(config, key: str):
     return value
 
 
+def longest_input(config, tokenizer=None) -> int:
+    """The longest input (in tokens) a model takes: its positions less those its embeddings reserve, within its
+    tokenizer's limit where that is a real one (transformers sets a huge number where the tokenizer has none).
+    The one place this is computed: tuning, export, the latency model and serving all read it from here."""
+    model_type = config.get("model_type") if isinstance(config, Mapping) else config.model_type
+    positions = get_spec(model_type).max_tokens(config)
+    limit = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    if isinstance(limit, int) and 1 < limit < positions:
+        return limit
+    return positions
+
+
 def supported() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -29,6 +29,22 @@ READABLE = (2, 3, FORMAT_VERSION)
 REQUIRED = ("tokenizer.json", "config.json")
 
 
+def speed_target_of(speedup: dict | None) -> dict | None:
+    """The speed target in a manifest's `speedup` record, None without one. Read here, not from the record:
+    manifests of format 4 written before 2026-12-08 name its fields target, predicted and target_precision
+    (renaming them on reading would break their digest)."""
+    record = speedup or {}
+    if "target_speedup" in record:
+        return {k: record[k] for k in ("target_speedup", "predicted_speedup", "precision")}
+    if "target" in record:
+        return {
+            "target_speedup": record["target"],
+            "predicted_speedup": record["predicted"],
+            "precision": record["target_precision"],
+        }
+    return None
+
+
 @dataclass
 class Manifest:
     source: str = field(metadata={"help": "The checkpoint or model directory exported, absolute."})
@@ -119,6 +135,12 @@ class Manifest:
         if missing:
             raise DSEEError(f"{where} lacks {', '.join(missing)}: export the engine again with dsee-export")
         return cls(**data)
+
+    @property
+    def speed_target(self) -> dict | None:
+        """{"target_speedup", "predicted_speedup", "precision"} of an engine pruned to a speed target, None for
+        others (speed_target_of)."""
+        return speed_target_of(self.speedup)
 
     def content_digest(self) -> str:
         # `speedup` and `cache` came within format 4: a manifest without them keeps the digest it was written with.

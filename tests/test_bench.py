@@ -57,7 +57,7 @@ def test_bench_records_timings_speedups_flops_and_accuracy(engines, labelled, tm
     code, stdout, err = run_cli(bench, argv, capsys)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "dsee-bench/1" and results["threads"] == 1
+    assert results["schema"] == "dsee-bench/2" and results["threads"] == 1
     assert {"platform", "cpu_count", "cpu_flags"} <= set(results["machine"])
     assert {"onnxruntime", "torch"} <= set(results["versions"])
     assert results["method"]["spin_us"] == 50 and results["method"]["rounds"] == 4

@@ -14,6 +14,7 @@ import pytest
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.pruning.search import search_layout
 from dsee_deploy.speed import latency
+from dsee_deploy.speed.key import SpeedKey
 from dsee_deploy.speed.latency import cache_dir, latency_model
 from dsee_deploy.speed.table import DamagedLatencyModel, LatencyModel
 
@@ -40,7 +41,7 @@ def cached(tiny_bases, tmp_path, monkeypatch):
     config.num_labels = 2
     measured = []
 
-    def measure(model_config, task_spec, precision, batch, seq_len, threads, provider, heads, ffn, rounds):
+    def measure(model_config, task_spec, speed, heads, ffn, rounds):
         measured.append((list(heads), list(ffn)))
         return stand_in_figures(heads, ffn), 3, 0.01
 
@@ -48,7 +49,9 @@ def cached(tiny_bases, tmp_path, monkeypatch):
 
     def again():
         lines, before = [], len(measured)
-        model = latency_model(config, get_task("classification"), "fp32", 1, 16, 1, log=lines.append)
+        model = latency_model(
+            config, get_task("classification"), SpeedKey(seq_len=16, threads=1), log=lines.append
+        )
         return model, lines, len(measured) - before
 
     good, _, times = again()

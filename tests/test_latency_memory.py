@@ -11,6 +11,7 @@ import weakref
 import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from dsee_deploy.speed.key import SpeedKey
 from dsee_deploy.speed.latency import cache_dir, latency_key, latency_model
 from dsee_deploy.speed.passes import measure
 from dsee_deploy.tasks import task_of_model
@@ -43,7 +44,9 @@ def test_classification_regression_and_embedding_checkpoints_of_one_geometry_sha
         task = task_of_model(config)  # the task dsee-prune's speed target measures the model for
         assert task.kind == kind
         lines: list[str] = []
-        models[kind] = latency_model(config, task, "fp32", 1, 16, 1, grid=GRID, log=lines.append)
+        models[kind] = latency_model(
+            config, task, SpeedKey(seq_len=16, threads=1), grid=GRID, log=lines.append
+        )
         measured[kind] = [line for line in lines if line.startswith("measuring the latency of")]
     # Only the first measured: the others read its figures from the cache, one file.
     assert [len(m) for m in measured.values()] == [1, 0, 0]
@@ -60,7 +63,7 @@ def test_a_language_models_head_is_in_its_latency_key(tiny_bases):
 
     config = AutoConfig.from_pretrained(tiny_bases["gpt2"])
     keys = {
-        kind: latency_key(config, get_task(kind), "fp32", 1, 16, 1, "CPUExecutionProvider")
+        kind: latency_key(config, get_task(kind), SpeedKey(seq_len=16, threads=1))
         for kind in ("causal-lm", "classification", "regression")
     }
     assert keys["causal-lm"]["head"] == "causal-lm" and keys["classification"]["head"] == "classification"
@@ -93,9 +96,8 @@ def test_only_the_group_being_timed_has_its_sessions_open(tiny_bases):
             if name != dense:
                 before.append(weakref.ref(runner.session))
 
-    figures, passes, _ = measure(
-        config, get_task("classification"), "fp32", 1, 16, 1, "CPUExecutionProvider", *GRID, 2, opened=opened
-    )
+    speed = SpeedKey(seq_len=16, threads=1)
+    figures, passes, _ = measure(config, get_task("classification"), speed, *GRID, 2, opened=opened)
     assert sorted(figures) == [(h, f) for h in GRID[0] for f in GRID[1]]
     # Every group of every pass opened (one head count's FFN widths, with the dense engine), never more at once.
     assert len(groups) == 3 * passes

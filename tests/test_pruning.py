@@ -110,10 +110,8 @@ def test_masks_round_trip_as_packed_bits(tmp_path):
 def test_unstructured_mask_holds_through_training_and_merging(model_type, tiny_bases, tmp_path):
     model, tok = _dsee_model(model_type, tiny_bases, tmp_path, targets=("query", "value"))
     record, masks = prune_model(model, PruneConfig(unstructured=0.5, importance="wabs"))
-    assert record["unstructured"] and not record["structured"]
-    assert (
-        abs(1 - record["parameters"]["encoder_nonzero"] / record["parameters"]["encoder_dense"] - 0.5) < 0.15
-    )
+    assert record.unstructured and not record.structured
+    assert abs(1 - record.parameters["encoder_nonzero"] / record.parameters["encoder_dense"] - 0.5) < 0.15
     layers = dict(dsee_layers(model))
     # a trained update must not revive a pruned weight: move B and S, then merge
     with torch.no_grad():
@@ -147,12 +145,12 @@ def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, t
         heads=0.5, ffn=0.5, unstructured=0.3 if importance != "taylor" else 0.0, importance=importance
     )
     record, masks = prune_model(model, config, batches=batches)
-    assert record["flops"]["encoder_ratio"] < 0.75
+    assert record.flops["encoder_ratio"] < 0.75
     with torch.no_grad():
         expected = model(**batch).logits
     out = save_pruned(tmp_path, model, tok, record, masks)
     reloaded, _, info2 = load_dsee(out)
-    assert info2["pruning"]["layers"] == record["layers"]
+    assert info2["pruning"].layers == record.layers
     merged, _ = load_merged(out)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, expected, **SAME_FUNCTION)
@@ -178,7 +176,7 @@ def test_pruning_twice_the_same_way_is_refused(tiny_bases, tmp_path):
     with pytest.raises(DSEEError, match="already pruned"):
         prune_model(model, PruneConfig(ffn=0.25, importance="wabs"), previous=record)
     both, masks = prune_model(model, PruneConfig(unstructured=0.2), previous=record)  # compatible: adds masks
-    assert both["structured"] and both["unstructured"] and masks
+    assert both.structured and both.unstructured and masks
     with pytest.raises(DSEEError, match="already has unstructured masks"):
         prune_model(model, PruneConfig(unstructured=0.2), previous=both)
 

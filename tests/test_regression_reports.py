@@ -124,7 +124,7 @@ def test_speed_target_table_shows_the_correlations(regression_bench, tmp_path):
     out, _ = regression_bench
     results = json.loads((out / "results.json").read_text())
     int8 = next(v for v in results["variants"] if v["name"] == "int8")
-    int8.update(target=1.5, predicted=1.4)
+    int8.update(target_speedup=1.5, predicted_speedup=1.4)
     write_markdown(results, tmp_path / "report.md")
     report = (tmp_path / "report.md").read_text()
     assert "| variant | precision | target | predicted | measured | pearson | spearman |" in report

@@ -90,3 +90,35 @@ def test_dsee_export_takes_the_packaged_model_by_name_as_dsee_tune_does(tmp_path
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task"] == "feature-extraction"
+
+
+def test_a_full_fine_tune_keeps_its_tuned_length_as_its_tokenizers_limit(
+    tiny_bases, sst_like, tmp_path, capsys
+):
+    """The tuned length travels where transformers keeps a model's limit, and export reads it back from there
+    (FAST tunes at 24 tokens; the tiny model has 64 positions), also once metrics.json is gone."""
+    import json
+
+    from dsee_deploy.architectures import longest_input
+    from dsee_deploy.export import ExportConfig
+    from dsee_deploy.models import load_config, load_tokenizer
+    from dsee_deploy.pipeline.source import load_source
+
+    out = tmp_path / "full"
+    argv = [
+        "--model",
+        tiny_bases["bert"],
+        "--output",
+        out,
+        "--full-finetune",
+        "--train",
+        sst_like["train"],
+        *FAST,
+    ]
+    code, _, err = run_cli(tune, argv, capsys)
+    assert code == 0, err
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 24
+    assert longest_input(load_config(str(out)), load_tokenizer(str(out))) == 24
+    assert longest_input(load_config(str(out))) == 64
+    (out / "metrics.json").unlink()
+    assert load_source(out, ExportConfig()).task.max_length == 24

@@ -11,13 +11,16 @@ import pytest
 from conftest import FAST, run_cli
 from test_messages import last_error
 
+from dsee_deploy.bench.results import BenchResults
 from dsee_deploy.checkpoint import ADAPTER_FILE, PRUNING_FILE
 from dsee_deploy.cli.export import main as export
 from dsee_deploy.cli.prune import main as prune
 from dsee_deploy.cli.tune import main as tune
 from dsee_deploy.errors import DSEEError
 from dsee_deploy.manifest import Manifest
+from dsee_deploy.pruning.record import PruningRecord
 from dsee_deploy.pruning.search import search_layout
+from dsee_deploy.speed.key import SpeedKey
 from dsee_deploy.speed.latency import cache_dir, latency_model
 from dsee_deploy.speed.table import LatencyModel
 
@@ -78,7 +81,7 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
     config.num_labels = 2
     task = get_task("classification")
     grid = ([0, 2, 4], [0, 24, 48])
-    first = latency_model(config, task, "fp32", 1, 16, 1, grid=grid, log=lambda m: None)
+    first = latency_model(config, task, SpeedKey(seq_len=16, threads=1), grid=grid, log=lambda m: None)
     assert first.head_grid == [0, 2, 4] and np.asarray(first.table_ms).shape == (3, 3)
     table = np.asarray(first.table_ms)  # made non-decreasing in both counts; the dense engine is the corner
     assert (np.diff(table, axis=0) >= 0).all() and (np.diff(table, axis=1) >= 0).all()
@@ -93,11 +96,11 @@ def test_the_latency_model_is_measured_once_and_keyed_by_what_it_holds_for(tiny_
 
     monkeypatch.setattr(latency, "measure", no_measuring)
     assert (
-        latency_model(config, task, "fp32", 1, 16, 1, grid=grid, log=lambda m: None).to_dict()
+        latency_model(config, task, SpeedKey(seq_len=16, threads=1), grid=grid, log=lambda m: None).to_dict()
         == first.to_dict()
     )
     with pytest.raises(AssertionError, match="measured again"):  # another thread count is another model
-        latency_model(config, task, "fp32", 1, 16, 2, grid=grid, log=lambda m: None)
+        latency_model(config, task, SpeedKey(seq_len=16, threads=2), grid=grid, log=lambda m: None)
 
 
 def test_passes_of_the_grid_keep_each_engines_lowest_ratio_and_how_far_the_next_best_pass_was():
@@ -174,11 +177,12 @@ def test_the_grid_is_timed_again_until_the_undisturbed_figure_is_seen_twice(monk
 MEASURE_IN_A_PROCESS = """
 import json, sys
 from transformers import AutoConfig
+from dsee_deploy.speed.key import SpeedKey
 from dsee_deploy.speed.latency import latency_model
 from dsee_deploy.tasks import get_task
 config = AutoConfig.from_pretrained(sys.argv[1])
 config.num_labels = 2
-model = latency_model(config, get_task("classification"), "fp32", 1, 16, 1, grid=([0, 2, 4], [0, 24, 48]))
+model = latency_model(config, get_task("classification"), SpeedKey(seq_len=16, threads=1), grid=([0, 2, 4], [0, 24, 48]))
 print("TABLE " + json.dumps(model.table_ms), flush=True)
 """
 
@@ -226,7 +230,8 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert code == 0, err
     record = json.loads((out / PRUNING_FILE).read_text())
     target = record["target"]
-    assert target["speedup"] == 1.5 and target["predicted_speedup"] >= 1.5
+    assert target["target_speedup"] == 1.5 and target["predicted_speedup"] >= 1.5
+    assert record["format_version"] == 3 and PruningRecord.from_dict(record).to_dict() == record
     assert target["latency_model"]["seq_len"] == 64 and target["latency_model"]["precision"] == "fp32"
     # at 64 tokens: the tiny model has no more positions; aimed above 1.5x by the latency model's error
     assert "speed target 1.5x, aimed at" in printed and "for the latency model's error: predicted" in printed
@@ -245,7 +250,13 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert code == 0, err
     manifest = Manifest.read(engine)
     timed = manifest.speedup
-    assert set(timed["engines"]) == {"onnx fp32", "onnx int8"} and timed["target"] == 1.5
+    assert set(timed["engines"]) == {"onnx fp32", "onnx int8"} and timed["target_speedup"] == 1.5
+    assert manifest.speed_target == {
+        "target_speedup": 1.5,
+        "predicted_speedup": target["predicted_speedup"],
+        "precision": "fp32",
+    }
+    assert SpeedKey.from_dict(timed) == SpeedKey.from_dict({**target["latency_model"], "precision": "fp32"})
     assert all(e["measured"] > 0 and e["dense_ms"] > 0 for e in timed["engines"].values())
     assert "measured speed-up against the dense engine" in printed and "target 1.5x, predicted" in printed
     # The measurement is recorded with the latency model as its own error, and the next search aims by it.
@@ -289,7 +300,8 @@ def test_prune_to_a_speed_target_records_the_layout_and_the_prediction_and_expor
     assert "## Speed targets (batch 1, sequence 16, against dense)" in report
     assert "| x | int8 | 1.5x |" in report
     data = json.loads((results / "results.json").read_text())
-    assert next(v for v in data["variants"] if v["name"] == "x")["target"] == 1.5
+    assert next(v for v in data["variants"] if v["name"] == "x")["target_speedup"] == 1.5
+    assert data["schema"] == "dsee-bench/2" and BenchResults.read(results / "results.json").to_dict() == data
 
 
 def test_prune_refuses_an_unreachable_target_in_one_line(tuned, tmp_path, capsys):

@@ -75,15 +75,15 @@ def test_a_check_is_recorded_with_the_cached_model_of_this_machine_only(tiny_bas
     not into one of another machine; a check that is not a pair of speed-ups damages the file (measured again)."""
     from transformers import AutoConfig
 
+    from dsee_deploy.speed.key import SpeedKey
     from dsee_deploy.speed.latency import cached_path, latency_model, record_check
     from dsee_deploy.speed.table import MAX_CHECKS, DamagedLatencyModel, LatencyModel
     from dsee_deploy.tasks import get_task
 
     monkeypatch.setenv("DSEE_DEPLOY_CACHE", str(tmp_path / "cache"))
     config = AutoConfig.from_pretrained(tiny_bases["bert"])
-    model = latency_model(
-        config, get_task("classification"), "fp32", 1, 16, 1, grid=([0, 4], [0, 48]), log=print
-    )
+    speed = SpeedKey(seq_len=16, threads=1)
+    model = latency_model(config, get_task("classification"), speed, grid=([0, 4], [0, 48]), log=print)
     assert model.checks == [] and record_check({**model.key, "processor": "another CPU"}, 2.0, 1.8) is None
     for i in range(MAX_CHECKS + 1):
         record_check(model.key, 2.0, 1.8 + i / 100)

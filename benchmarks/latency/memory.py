@@ -55,6 +55,16 @@ def geometry(name: str):
     return BertConfig()  # BERT-base: 12 x 768, 12 heads, 3072 FFN neurons, 30522 tokens
 
 
+def speed_args(threads: int) -> tuple:
+    """The latency model's speed arguments at batch 1, sequence 128, fp32: a SpeedKey, or the positional
+    arguments of the code before it (d90d121 and earlier)."""
+    try:
+        from dsee_deploy.speed.key import SpeedKey
+    except ImportError:
+        return ("fp32", 1, 128, threads)
+    return (SpeedKey(threads=threads),)
+
+
 def child(name: str, threads: int, out: Path) -> None:
     """Measure the latency model of geometry `name` in this process, writing what happened to `out` (JSON), also
     as it goes (a child stopped by the watchdog leaves its last state)."""
@@ -139,7 +149,7 @@ def child(name: str, threads: int, out: Path) -> None:
     cache = tempfile.mkdtemp(prefix="dsee-latency-memory-")
     os.environ["DSEE_DEPLOY_CACHE"] = cache  # fresh: really measured
     model = latency.latency_model(
-        config, get_task("classification"), "fp32", 1, 128, threads, log=record["log"].append
+        config, get_task("classification"), *speed_args(threads), log=record["log"].append
     )
     marks["timed"], phase[0] = time.perf_counter(), "done"
     stop.set()

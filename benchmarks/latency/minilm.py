@@ -49,6 +49,7 @@ def main() -> int:
 
     from dsee_deploy.pruning.search import search_layout
     from dsee_deploy.speed.engines import build_engine, runners_of
+    from dsee_deploy.speed.key import SpeedKey
     from dsee_deploy.speed.latency import latency_model
     from dsee_deploy.speed.machine import machine, versions
     from dsee_deploy.speed.passes import time_grid
@@ -60,7 +61,7 @@ def main() -> int:
     fresh = tempfile.TemporaryDirectory(prefix="dsee-latency-cache-") if a.fresh else None
     if fresh:
         os.environ["DSEE_DEPLOY_CACHE"] = fresh.name
-    model = latency_model(config, task, a.precision, 1, 128, threads)
+    model = latency_model(config, task, SpeedKey(a.precision, threads=threads))
     n_layers, n_heads, width = model.num_layers, model.key["num_heads"], model.key["ffn_width"]
     rng = np.random.default_rng(0)
     layouts = {}

@@ -8,7 +8,9 @@ import importlib.util
 from ..errors import DSEEError
 from ..speed.machine import machine, versions
 from ..speed.timing import interleave, speedup
+from ..tasks import CausalLM
 from .config import BenchConfig
+from .results import BenchResults
 from .variants import Variant, engine_variant, feeds_for, runner, source_of, torch_variant
 
 
@@ -58,22 +60,17 @@ def gpu_variants(variants: list[Variant]) -> list[Variant]:
     return extra
 
 
-def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
-    from ..tasks import CausalLM
-
-    """Time `engines` against `baselines` (dsee-export directories, PATH or NAME=PATH); the results dict
-    (schema in report.py)."""
-    from tqdm.auto import tqdm
-
+def run(engines: list[str], baselines: list[str], options: BenchConfig) -> BenchResults:
+    """Time `engines` against `baselines` (dsee-export directories, PATH or NAME=PATH): the results (fields in
+    report.py)."""
     from ..runtime import spin_in_force
 
     spin_us = spin_in_force(options.spin_us)
     variants = collect_variants(engines, baselines, options)
-    primary = variants[0]
-    causal = primary.task == CausalLM.kind
+    causal = variants[0].task == CausalLM.kind
     if causal:  # generation is timed through the engines' own decoding loop: ONNX variants only
         variants = [v for v in variants if v.kind == "onnxruntime"]
-    eval_data = {}
+    eval_data, texts = {}, None
     if options.eval_data and causal:  # read and checked before the timing, which takes minutes
         from .decode import read_texts
 
@@ -84,13 +81,12 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
         eval_data = load_for(variants, options.eval_data, options.threads, spin_us)
     # A causal LM is timed generating text (bench/decode.py), not at encoder shapes.
     shapes = [] if causal else [(b, s) for s in options.seq_lens for b in options.batch_sizes]
-    results = {
-        "schema": "dsee-bench/1",
-        "title": options.title,
-        "machine": machine(),
-        "threads": options.threads,
-        "versions": versions(),
-        "method": {
+    results = BenchResults(
+        title=options.title,
+        machine=machine(),
+        threads=options.threads,
+        versions=versions(),
+        method={
             "warmup": options.warmup,
             "rounds": options.rounds,
             "target_block_ms": options.target_block_ms,
@@ -99,11 +95,36 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
             "spinning": spin_us > 0,
             "speedup": "median over rounds of baseline best / variant best in the same round",
         },
-        "primary_baseline": primary.name,
-        "variants": [{**v.to_dict(), "flops": {s: v.flops(s) for s in options.seq_lens}} for v in variants],
-        "timings": [],
-        "speedups": [],
-    }
+        primary_baseline=variants[0].name,
+        variants=[{**v.to_dict(), "flops": {s: v.flops(s) for s in options.seq_lens}} for v in variants],
+    )
+    time_shapes(results, variants, shapes, options, spin_us)
+    if causal:
+        time_decoding(results, variants, options, spin_us, texts)
+    if options.profile and shapes:
+        from .profile import profile
+
+        batch, seq = shapes[0]
+        tokens = feeds_for(variants, batch, seq)
+        results.profile = {
+            "batch": batch,
+            "seq": seq,
+            **{
+                v.name: profile(v.path, v.feeds(*tokens), options.threads, spin_us)
+                for v in variants
+                if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
+            },
+        }
+    if options.eval_data and not causal:
+        results.accuracy = accuracy(variants, eval_data)
+    return results
+
+
+def time_shapes(results: BenchResults, variants: list[Variant], shapes: list, options: BenchConfig, spin_us):
+    """Every variant timed interleaved at each (batch, sequence) shape, and its speed-up against every
+    baseline with the FLOPs bound beside it."""
+    from tqdm.auto import tqdm
+
     with tqdm(total=len(shapes) * options.rounds, desc="timing", unit="round") as bar:
         for batch, seq in shapes:
             bar.set_postfix_str(f"batch {batch}, seq {seq}")
@@ -113,13 +134,13 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
                 runners, options.rounds, options.warmup, options.target_block_ms / 1000, progress=bar.update
             )
             for v in variants:
-                results["timings"].append(
+                results.timings.append(
                     {"variant": v.name, "batch": batch, "seq": seq, **timings[v.name].summary(batch)}
                 )
                 for b in (b for b in variants if b.baseline and b is not v):
                     up = speedup(timings[b.name], timings[v.name])
                     bound = b.flops(seq) / v.flops(seq)
-                    results["speedups"].append(
+                    results.speedups.append(
                         {
                             "variant": v.name,
                             "baseline": b.name,
@@ -130,35 +151,25 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> dict:
                             "bound_achieved": up["median"] / bound,
                         }
                     )
-    if causal:
-        from .decode import perplexity, time_generation
 
-        total = len(options.batch_sizes) * options.decode_rounds
-        with tqdm(total=total, desc="generation", unit="round") as bar:
-            results["generation"] = time_generation(variants, options, spin_us, progress=bar.update)
-        if options.eval_data:
-            results["perplexity"] = {
-                v.name: perplexity(v, texts, options.threads, spin_us)
-                for v in variants
-                if v.kind == "onnxruntime"
-            }
-    if options.profile and shapes:
-        from .profile import profile
 
-        batch, seq = shapes[0]
-        tokens = feeds_for(variants, batch, seq)
-        results["profile"] = {
-            "batch": batch,
-            "seq": seq,
-            **{
-                v.name: profile(v.path, v.feeds(*tokens), options.threads, spin_us)
-                for v in variants
-                if v.kind == "onnxruntime" and v.provider in ("-", "CPUExecutionProvider")
-            },
+def time_decoding(
+    results: BenchResults, variants: list[Variant], options: BenchConfig, spin_us, texts
+) -> None:
+    """A causal LM's generation speed, and its perplexity on `texts` where given."""
+    from tqdm.auto import tqdm
+
+    from .decode import perplexity, time_generation
+
+    total = len(options.batch_sizes) * options.decode_rounds
+    with tqdm(total=total, desc="generation", unit="round") as bar:
+        results.generation = time_generation(variants, options, spin_us, progress=bar.update)
+    if texts is not None:
+        results.perplexity = {
+            v.name: perplexity(v, texts, options.threads, spin_us)
+            for v in variants
+            if v.kind == "onnxruntime"
         }
-    if options.eval_data:
-        results["accuracy"] = accuracy(variants, eval_data)
-    return results
 
 
 def accuracy(variants: list[Variant], data: dict) -> dict:

@@ -18,9 +18,16 @@ def write_plots(results: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     if not results["timings"]:  # causal-LM engines: the generation table in report.md is the result
-        return written
+        return []
+    written = [_latency(plt, results, out), _speedup(plt, results, out)]
+    if frontier(results)[1]:
+        written.append(_frontier(plt, results, out))
+    plt.close("all")
+    return written
+
+
+def _latency(plt, results: dict, out: Path) -> str:
     seqs = sorted({t["seq"] for t in results["timings"]})
     fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4), squeeze=False)
     for ax, seq in zip(axes[0], seqs, strict=True):
@@ -42,8 +49,10 @@ def write_plots(results: dict, out: Path) -> list[str]:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=120)
-    written.append("latency.png")
+    return "latency.png"
 
+
+def _speedup(plt, results: dict, out: Path) -> str:
     primary = results["primary_baseline"]
     ups = [s for s in results["speedups"] if s["baseline"] == primary]
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -58,43 +67,41 @@ def write_plots(results: dict, out: Path) -> list[str]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "speedup_vs_flops.png", dpi=120)
-    written.append("speedup_vs_flops.png")
+    return "speedup_vs_flops.png"
 
+
+def _frontier(plt, results: dict, out: Path) -> str:
     metric, points = frontier(results)
-    if points:
-        # The frontier: the task's metric against the speed-up measured here; engines pruned to a speed target
-        # joined by a line per precision, every other variant (full fine-tuning, unpruned DSEE, ratio-pruned) a
-        # point.
-        shape = frontier_shape(results)
-        variants = {v["name"]: v for v in results["variants"]}
-        fig, ax = plt.subplots(figsize=(7.5, 5))
-        for precision, marker in (("fp32", "o"), ("int8", "^"), ("fp16", "s")):
-            line = sorted(
-                p
-                for n, p in points.items()
-                if variants[n].get("target") and variants[n]["precision"] == precision
-            )
-            if line:
-                ax.plot(*zip(*line, strict=True), marker=marker, label=f"speed targets, {precision}")
-        for name, (up, acc) in points.items():
-            if not variants[name].get("target"):
-                ax.scatter(
-                    up, acc, marker="^" if variants[name]["precision"] == "int8" else "o", color="gray"
-                )
-        _label_points(fig, ax, points)
-        ax.set(
-            xlabel=f"measured speed-up vs {primary} (batch {shape[0]}, sequence {shape[1]})",
-            ylabel="accuracy (%)" if metric == "accuracy" else f"{metric} x 100",
-            title=f"{metric} against measured speed-up",
+    primary = results["primary_baseline"]
+    # The frontier: the task's metric against the speed-up measured here; engines pruned to a speed target
+    # joined by a line per precision, every other variant (full fine-tuning, unpruned DSEE, ratio-pruned) a
+    # point.
+    shape = frontier_shape(results)
+    variants = {v["name"]: v for v in results["variants"]}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for precision, marker in (("fp32", "o"), ("int8", "^"), ("fp16", "s")):
+        line = sorted(
+            p
+            for n, p in points.items()
+            if variants[n].get("target_speedup") and variants[n]["precision"] == precision
         )
-        ax.grid(True, alpha=0.3)
-        if any(v.get("target") for v in variants.values()):
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_speedup.png", dpi=120)
-        written.append("accuracy_vs_speedup.png")
-    plt.close("all")
-    return written
+        if line:
+            ax.plot(*zip(*line, strict=True), marker=marker, label=f"speed targets, {precision}")
+    for name, (up, acc) in points.items():
+        if not variants[name].get("target_speedup"):
+            ax.scatter(up, acc, marker="^" if variants[name]["precision"] == "int8" else "o", color="gray")
+    _label_points(fig, ax, points)
+    ax.set(
+        xlabel=f"measured speed-up vs {primary} (batch {shape[0]}, sequence {shape[1]})",
+        ylabel="accuracy (%)" if metric == "accuracy" else f"{metric} x 100",
+        title=f"{metric} against measured speed-up",
+    )
+    ax.grid(True, alpha=0.3)
+    if any(v.get("target_speedup") for v in variants.values()):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_speedup.png", dpi=120)
+    return "accuracy_vs_speedup.png"
 
 
 def _label_points(fig, ax, points: dict) -> None:

@@ -1,11 +1,13 @@
 """results.json (schema below), report.md and the plots of a dsee-bench run.
 
-results.json, "schema": "dsee-bench/1":
+results.json, "schema": "dsee-bench/2" (bench.results.BenchResults; in /1 a variant's target_speedup and
+predicted_speedup were named target and predicted):
   machine      platform, processor, cpu_count, cpu_flags (the SIMD ones that matter for int8), python
   threads      intra-op threads of every variant;  versions: onnxruntime, numpy, torch (where installed)
   method       warmup, rounds, target_block_ms, interleaved, spinning, spin_us (the bound on ONNX Runtime's
                threads' busy-wait in us, 0: none; results from before it have spinning: false only), speedup
-  variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n}}]
+  variants     [{name, kind, precision, path, baseline, parameters, size_bytes, heads, ffn, flops: {seq: n},
+               target_speedup, predicted_speedup}]
   timings      [{variant, batch, seq, p50_ms, p90_ms, p99_ms, best_ms, runs, throughput, round_best_ms}]
   speedups     [{variant, baseline, batch, seq, median, min, max, rounds, flops_bound, bound_achieved}]
   accuracy     {variant: {metric, value, <score by metric name>..., examples, max_length, majority}}   (with
@@ -42,15 +44,30 @@ def _score_cell(entry: dict, metric: str) -> str:
 
 
 def write_markdown(results: dict, path: Path) -> None:
-    accuracy = results.get("accuracy", {})
-    primary = results["primary_baseline"]
-    columns = metric_columns(results)
     lines = [
         f"# dsee-bench: {results.get('title', '')}".rstrip(": "),
         "",
         f"{results['machine']['processor'] or results['machine']['platform']}, {results['threads']} intra-op "
-        f"thread{'' if results['threads'] == 1 else 's'}, {results['method']['rounds']} interleaved rounds, {spin_text(results['method'])}; speed-up = "
-        f"median over rounds of the per-round ratio of best times.",
+        f"thread{'' if results['threads'] == 1 else 's'}, {results['method']['rounds']} interleaved rounds, "
+        f"{spin_text(results['method'])}; speed-up = median over rounds of the per-round ratio of best times.",
+    ]
+    lines += _variants(results)
+    for shape in sorted({(t["batch"], t["seq"]) for t in results["timings"]}):
+        lines += _shape(results, *shape)
+    lines += _generation(results)
+    lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
+    lines += _targets(results)
+    lines += _profile(results)
+    for names, why in plots_not_drawn(results).items():
+        lines += [f"{names} {'are' if ',' in names else 'is'} not drawn: {why}.", ""]
+    path.write_text("\n".join(lines))
+
+
+def _variants(results: dict) -> list[str]:
+    """The variants: runtime, precision, size, structure, task metric; and what the majority label scores."""
+    accuracy = results.get("accuracy", {})
+    columns = metric_columns(results)
+    lines = [
         "",
         "## Variants",
         "",
@@ -78,64 +95,65 @@ def write_markdown(results: dict, path: Path) -> None:
             + (f", accuracy {m['accuracy']:.2f} %" if "accuracy" in m and name != "accuracy" else "")
             + ".",
         ]
+    return lines
+
+
+def _shape(results: dict, batch: int, seq: int) -> list[str]:
+    """One shape's timings, speed-ups against every baseline, and the FLOPs bound reached."""
     baselines = [v["name"] for v in results["variants"] if v["baseline"]]
     engine_baselines = [
         v["name"] for v in results["variants"] if v["baseline"] and v["kind"] == "onnxruntime"
     ]
-    for shape in sorted({(t["batch"], t["seq"]) for t in results["timings"]}):
-        batch, seq = shape
-        lines += [
-            "",
-            f"## Batch {batch}, sequence {seq}",
-            "",
-            "| variant | p50 ms | p90 ms | p99 ms | seq/s | "
-            + " | ".join(f"x vs {b}" for b in baselines)
-            + " | FLOPs bound | of bound (same precision) |",
-            "| --- | ---: | ---: | ---: | ---: | "
-            + " | ".join("---:" for _ in baselines)
-            + " | ---: | ---: |",
+    lines = [
+        "",
+        f"## Batch {batch}, sequence {seq}",
+        "",
+        "| variant | p50 ms | p90 ms | p99 ms | seq/s | "
+        + " | ".join(f"x vs {b}" for b in baselines)
+        + " | FLOPs bound | of bound (same precision) |",
+        "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in baselines) + " | ---: | ---: |",
+    ]
+    for t in (t for t in results["timings"] if (t["batch"], t["seq"]) == (batch, seq)):
+        ups = {
+            s["baseline"]: s
+            for s in results["speedups"]
+            if (s["variant"], s["batch"], s["seq"]) == (t["variant"], batch, seq)
+        }
+        cells = [
+            f"{ups[b]['median']:.2f} ({ups[b]['min']:.2f}-{ups[b]['max']:.2f})" if b in ups else ""
+            for b in baselines
         ]
-        for t in (t for t in results["timings"] if (t["batch"], t["seq"]) == shape):
-            ups = {
-                s["baseline"]: s
-                for s in results["speedups"]
-                if (s["variant"], s["batch"], s["seq"]) == (t["variant"], batch, seq)
-            }
-            cells = [
-                f"{ups[b]['median']:.2f} ({ups[b]['min']:.2f}-{ups[b]['max']:.2f})" if b in ups else ""
-                for b in baselines
-            ]
-            # The bound is reached against the dense engine of the same precision (int8 against int8).
-            me = next(v for v in results["variants"] if v["name"] == t["variant"])
-            same = next(
-                (b for b in engine_baselines if b in ups and _precision(results, b) == me["precision"]),
-                primary,
-            )
-            main = {} if me["baseline"] else ups.get(same, {})
-            bound = f"{main['flops_bound']:.2f} | {main['bound_achieved'] * 100:.0f} %" if main else " | "
-            lines.append(
-                f"| {t['variant']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
-                f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {bound} |"
-            )
-    lines += _generation(results)
-    lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
-    lines += _targets(results)
-    if "profile" in results:
-        prof = results["profile"]
-        lines += [
-            f"## Where the time goes (ONNX Runtime profiler, batch {prof['batch']}, sequence {prof['seq']})",
-            "",
-            "| engine | kernel ms / run | top operators (ms, share) |",
-            "| --- | ---: | --- |",
-        ]
-        for name, p in prof.items():
-            if isinstance(p, dict):
-                top = ", ".join(f"{o['op']} {o['ms']:.2f} ({o['share'] * 100:.0f} %)" for o in p["ops"][:6])
-                lines.append(f"| {name} | {p['kernel_ms_per_run']:.2f} | {top} |")
-        lines.append("")
-    for names, why in plots_not_drawn(results).items():
-        lines += [f"{names} {'are' if ',' in names else 'is'} not drawn: {why}.", ""]
-    path.write_text("\n".join(lines))
+        # The bound is reached against the dense engine of the same precision (int8 against int8).
+        me = next(v for v in results["variants"] if v["name"] == t["variant"])
+        same = next(
+            (b for b in engine_baselines if b in ups and _precision(results, b) == me["precision"]),
+            results["primary_baseline"],
+        )
+        main = {} if me["baseline"] else ups.get(same, {})
+        bound = f"{main['flops_bound']:.2f} | {main['bound_achieved'] * 100:.0f} %" if main else " | "
+        lines.append(
+            f"| {t['variant']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
+            f"| {t['throughput']:.1f} | " + " | ".join(cells) + f" | {bound} |"
+        )
+    return lines
+
+
+def _profile(results: dict) -> list[str]:
+    if "profile" not in results:
+        return []
+    prof = results["profile"]
+    lines = [
+        f"## Where the time goes (ONNX Runtime profiler, batch {prof['batch']}, sequence {prof['seq']})",
+        "",
+        "| engine | kernel ms / run | top operators (ms, share) |",
+        "| --- | ---: | --- |",
+    ]
+    for name, p in prof.items():
+        if isinstance(p, dict):
+            top = ", ".join(f"{o['op']} {o['ms']:.2f} ({o['share'] * 100:.0f} %)" for o in p["ops"][:6])
+            lines.append(f"| {name} | {p['kernel_ms_per_run']:.2f} | {top} |")
+    lines.append("")
+    return lines
 
 
 def _generation(results: dict) -> list[str]:
@@ -189,7 +207,7 @@ def _compact(values: list[int]) -> str:
 def _targets(results: dict) -> list[str]:
     """The variants pruned to a speed target: the target, the latency model's prediction, the speed-up measured
     here against the primary baseline and the task's metrics (metric_columns)."""
-    targeted = [v for v in results["variants"] if v.get("target")]
+    targeted = [v for v in results["variants"] if v.get("target_speedup")]
     shape = frontier_shape(results)
     if not targeted or shape is None:
         return []
@@ -213,7 +231,7 @@ def _targets(results: dict) -> list[str]:
         )
         entry = accuracy.get(v["name"], {})
         lines.append(
-            f"| {v['name']} | {v['precision']} | {v['target']:g}x | {v['predicted']:.2f}x (fp32 model) | "
+            f"| {v['name']} | {v['precision']} | {v['target_speedup']:g}x | {v['predicted_speedup']:.2f}x (fp32 model) | "
             f"{'' if up is None else f'{up:.2f}x'} |"
             + "".join(f" {_score_cell(entry, m)} |" for m in columns)
         )

@@ -3,40 +3,10 @@ bounds and the task metric; optionally written as results.json, report.md and pl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DSEEError
 from .config import BenchConfig
-
-
-@dataclass
-class BenchResults:
-    """A dsee-bench run: `data` is results.json (schema dsee-bench/1, see bench/report.py)."""
-
-    data: dict
-    output: Path | None = None
-
-    def speedup(
-        self, variant: str, baseline: str | None = None, batch: int | None = None, seq: int | None = None
-    ) -> float:
-        """The median speed-up of `variant` against `baseline` (default: the primary one) at a shape (default:
-        the first measured)."""
-        baseline = baseline or self.data["primary_baseline"]
-        rows = [s for s in self.data["speedups"] if s["variant"] == variant and s["baseline"] == baseline]
-        rows = [
-            s for s in rows if (batch is None or s["batch"] == batch) and (seq is None or s["seq"] == seq)
-        ]
-        if not rows:
-            raise DSEEError(f"no speed-up of '{variant}' against '{baseline}' at that shape in these results")
-        return rows[0]["median"]
-
-    def metric(self, variant: str) -> dict | None:
-        """The variant's task metric and accuracy (with eval_data)."""
-        return self.data.get("accuracy", {}).get(variant)
-
-    def to_dict(self) -> dict:
-        return self.data
+from .results import BenchResults
 
 
 def bench(
@@ -58,7 +28,8 @@ def bench(
         target = bench_output(output, overwrite, engines, baselines, config)
         target.start()  # an unwritable --output fails now, not after the benchmark
     try:
-        results = BenchResults(run(engines, baselines, config), Path(output) if output is not None else None)
+        results = run(engines, baselines, config)
+        results.output = Path(output) if output is not None else None
         if target is not None:
             write(results, target.path)
             target.commit()
@@ -95,6 +66,7 @@ def write(results: BenchResults, out: Path) -> list[str]:
     from .report import write_json, write_markdown
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(results.data, out / "results.json")
-    write_markdown(results.data, out / "report.md")
-    return ["results.json", "report.md", *write_plots(results.data, out)]
+    data = results.to_dict()
+    write_json(data, out / "results.json")
+    write_markdown(data, out / "report.md")
+    return ["results.json", "report.md", *write_plots(data, out)]

@@ -43,10 +43,8 @@ class Variant:
     metric: str = ""
     positive_label: str = ""
     label_values: list[str] = field(default_factory=list)  # the data's values of renamed labels
-    target: float | None = (
-        None  # the speed target it was pruned for (dsee-prune / dsee-tune --target-speedup)
-    )
-    predicted: float | None = None  # the latency model's speed-up for its layout
+    target_speedup: float | None = None  # the speed target it was pruned for (--target-speedup)
+    predicted_speedup: float | None = None  # the latency model's speed-up for its layout
 
     def flops(self, seq_len: int) -> int:
         return encoder_flops(self.hidden, self.head_size, self.heads, self.ffn, seq_len)
@@ -102,8 +100,8 @@ def engine_variant(spec: str, baseline: bool) -> Variant:
         metric=manifest.metric,
         positive_label=manifest.positive_label,
         label_values=list(config.get("label_values", [])),
-        target=(manifest.speedup or {}).get("target"),
-        predicted=(manifest.speedup or {}).get("predicted"),
+        target_speedup=(manifest.speed_target or {}).get("target_speedup"),
+        predicted_speedup=(manifest.speed_target or {}).get("predicted_speedup"),
     )
 
 

@@ -63,7 +63,7 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
     if pruning:
         from ..surgery import apply_structure
 
-        apply_structure(model, pruning["layers"])
+        apply_structure(model, pruning.layers)
     try:
         tensors = load_file(str(ckpt / ADAPTER_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -74,7 +74,9 @@ def load_dsee(checkpoint: str | Path, base_model: str | None = None):
     if (ckpt / MASKS_FILE).is_file():
         _apply_saved_masks(model, ckpt)
     info["trainable"] = sorted(n for n in tensors if not n.endswith("sparse_indices"))
-    info["pruning"] = pruning
+    info["pruning"] = (
+        pruning.to_dict() if pruning else None
+    )  # pruning.json as saved (PruningRecord.from_dict)
     model.eval()
     return model, load_tokenizer(str(ckpt)), info
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..data import Task
 from ..errors import DSEEError
 from ..outputs import check_output
+from ..pruning.record import PruningRecord
 from ..tuning import DSEEConfig
 
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ class CheckpointInfo:
     task: Task
     metrics: dict
     dsee: DSEEConfig | None  # None for a full fine-tune (a plain transformers model)
-    pruning: dict | None
+    pruning: PruningRecord | None
     steps: int = 0
     train_seconds: float = 0.0
 
@@ -79,7 +80,7 @@ def save_checkpoint(
     task: Task,
     base: dict,
     metrics: dict,
-    pruning: dict | None = None,
+    pruning: PruningRecord | None = None,
     masks: dict | None = None,
     extra: dict | None = None,
 ) -> None:
@@ -89,7 +90,7 @@ def save_checkpoint(
 
     save_file(adapter_state(model), str(out / ADAPTER_FILE), metadata={"format": "dsee-deploy"})
     if pruning:
-        (out / PRUNING_FILE).write_text(json.dumps(pruning, indent=2) + "\n")
+        pruning.save(out / PRUNING_FILE)
     if masks:
         save_masks(masks, out / MASKS_FILE)
     model.config.save_pretrained(out)
@@ -133,11 +134,7 @@ def read_checkpoint_info(checkpoint: str | Path) -> dict:
     return info
 
 
-def read_pruning(checkpoint: Path) -> dict | None:
+def read_pruning(checkpoint: Path) -> PruningRecord | None:
+    """The checkpoint's pruning record, None where it was not pruned."""
     path = Path(checkpoint) / PRUNING_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DSEEError(f"'{path}' is not valid JSON ({exc}): restore it or re-run dsee-prune") from exc
+    return PruningRecord.read(path) if path.is_file() else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..manifest import Manifest
+from ..manifest import Manifest, speed_target_of
 from ..tasks import get_task
 from .validate import max_diff
 
@@ -92,27 +92,28 @@ def describe_speedup(record: dict) -> str:
         f"measured speed-up against the dense engine (batch {record['batch']}, sequence {record['seq_len']}, "
         f"{record['threads']} thread{'' if record['threads'] == 1 else 's'}): {'; '.join(shown)}"
     )
-    if record.get("target"):
-        line += f"; target {record['target']:g}x, predicted {record['predicted']:.2f}x ({record['target_precision']})"
-        line += f": {target_verdict(record)}"
+    target = speed_target_of(record)
+    if target:
+        line += (
+            f"; target {target['target_speedup']:g}x, predicted {target['predicted_speedup']:.2f}x "
+            f"({target['precision']}): {target_verdict(record)}"
+        )
     return line
 
 
 def target_measured(record: dict) -> float | None:
     """The measured speed-up of the engine of the speed target's precision, None where none was measured."""
-    return next(
-        (e["measured"] for name, e in record["engines"].items() if name.endswith(record["target_precision"])),
-        None,
-    )
+    precision = speed_target_of(record)["precision"]
+    return next((e["measured"] for name, e in record["engines"].items() if name.endswith(precision)), None)
 
 
 def target_verdict(record: dict) -> str:
     """Whether the engine of the target's precision meets the speed target as measured, or how far it is short
     and the target to prune for instead."""
-    target = record["target"]
+    target = speed_target_of(record)["target_speedup"]
     measured = target_measured(record)
     if measured is None:
-        return f"no {record['target_precision']} engine was measured against it"
+        return f"no {speed_target_of(record)['precision']} engine was measured against it"
     if measured >= target:
         return f"meets {target:g}x ({measured:.2f}x measured)"
     short = 1 - measured / target

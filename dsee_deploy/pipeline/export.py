@@ -95,9 +95,9 @@ def _export(
 ) -> Manifest:
     source = load_source(src, config, base_model)
     sizes.update(engine_bytes(source, config))
-    if config.validate_data and not source.task.spec.labelled:
+    if config.validate_data and not source.task.spec.scored:
         raise DSEEError(
-            f"--validate-data measures labelled tasks; this export is {source.task.kind}: drop it"
+            f"--validate-data measures a task metric on labelled data; {source.task.kind} has none: drop it"
         )
     labelled = None
     if config.validate_data:  # read (and its columns and labels checked) before anything slow
@@ -177,7 +177,7 @@ def _stages(source: Source, config: ExportConfig, out: Path, manifest: Manifest,
         and not task.spec.language_model  # decode speed: dsee-bench's causal-LM timing
         and FORMATS[config.format].optimizes
         and source.pruning
-        and source.pruning["structured"]
+        and source.pruning.structured
     ):
         timed = {k: v for k, v in engines.items() if k.endswith(("fp32", "int8"))}  # fp16 is for GPUs
         manifest.speedup = measure_speedup(source, timed)
@@ -208,9 +208,9 @@ def describe(source: Source, config: ExportConfig) -> Manifest:
                 "ffn": len(e["kept_ffn"]),
                 "sparsity": e.get("sparsity", {}),
             }
-            for e in pruning["layers"]
+            for e in pruning.layers
         ]
-        flops = pruning["flops"]
+        flops = pruning.flops
     else:
         n_layers, _, width = structure_sizes(model, spec)  # read from the modules, not from config keys
         layers = [{"heads": n_heads, "ffn": width, "sparsity": {}} for _ in range(n_layers)]
@@ -287,7 +287,7 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
     guarded = fused.pop("ResidualLayerNormalization", 0)
     n_layers = len(spec.blocks(source.model))
     pruning = source.pruning
-    with_heads = sum(1 for e in pruning["layers"] if e["kept_heads"]) if pruning else n_layers
+    with_heads = sum(1 for e in pruning.layers if e["kept_heads"]) if pruning else n_layers
     attention = fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0)
     if attention == with_heads:
         note = f"Attention fused in all {with_heads} layers that keep heads"
@@ -312,31 +312,26 @@ def optimize(path: Path, source: Source, fuse_skip_layernorm: bool) -> dict:
 
 
 def measure_speedup(source: Source, engines: dict) -> dict:
-    """The engines against dense ones at the speed target's batch, sequence and threads (batch 1, sequence 128,
-    all cores without a target), with the target and its prediction beside them."""
+    """The engines against dense ones where the speed target was set (its SpeedKey; without one the defaults:
+    batch 1, sequence 128, all cores), with the target and its prediction beside them."""
     from ..export.summary import target_measured
+    from ..speed.key import SpeedKey
     from ..speed.latency import record_check
     from ..speed.speedup import measured_speedup
 
-    target = source.pruning.get("target")
-    key = target["latency_model"] if target else {}
+    target = source.pruning.target
     record = measured_speedup(
-        source.model.base_model.config,
-        source.task.spec,
-        engines,
-        key.get("batch", 1),
-        key.get("seq_len", 128),
-        key.get("threads"),
+        source.model.base_model.config, source.task.spec, engines, target.speed if target else SpeedKey()
     )
     if target:
         record.update(
-            target=target["speedup"],
-            predicted=target["predicted_speedup"],
-            target_precision=key["precision"],
+            target_speedup=target.target_speedup,
+            predicted_speedup=target.predicted_speedup,
+            precision=target.speed.precision,
         )
         measured = target_measured(record)
         if measured is not None:  # the model's own error, for the next layout searched with it
-            record_check(key, target["predicted_speedup"], measured, log=lambda message: None)
+            record_check(target.latency_model, target.predicted_speedup, measured, log=lambda message: None)
     return record
 
 

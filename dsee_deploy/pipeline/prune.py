@@ -58,7 +58,7 @@ def prune(
                 train or info.get("data", {}).get("train"), tokenizer, task, config, batch_size
             )
         record, masks = prune_model(model, config, batches, previous, seq_len=config.flops_seq_len)
-        if previous and previous["unstructured"] and (ckpt / MASKS_FILE).is_file():
+        if previous and previous.unstructured and (ckpt / MASKS_FILE).is_file():
             masks = {**load_masks(ckpt / MASKS_FILE), **masks}
         extra = {k: info[k] for k in ("data",) if k in info}
         dsee = DSEEConfig.from_dict(info["dsee"])

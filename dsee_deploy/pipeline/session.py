@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..pruning.record import PruningRecord
 from ..tuning.config import DSEEConfig
 from ..tuning.options import TuneConfig
 from .describe import _count, _recorded_lr, describe_distillation, describe_dsee
@@ -35,7 +36,7 @@ class Run:
     task: Any  # data.Task
     dsee: DSEEConfig | None  # None: full fine-tuning
     base: dict  # base model reference and sha256
-    pruning: dict | None  # pruning.json record, when pruned
+    pruning: PruningRecord | None  # pruning.json, when pruned
     masks: dict | None  # unstructured masks, when pruned that way
     source: str  # where the model came from, for the summary line
 
@@ -169,7 +170,7 @@ class Session:
             metrics["retune_rank"] = {"from": before, "to": run.dsee.rank}
             _log(f"re-tuning at rank {run.dsee.rank} (from {before}): the new directions start at zero")
         gradual = config.prune_schedule == "gradual" and prune.structured and retune > 0
-        if prune.structured and run.pruning and run.pruning["structured"]:
+        if prune.structured and run.pruning and run.pruning.structured:
             gradual = False  # prune_model refuses it, with the reason
         layout = planned = None
         fade = 0.0
@@ -200,20 +201,20 @@ class Session:
                 k: v for k, v in self.evaluate("test", self.test_ds).items() if k.startswith("test_")
             }
         if retune - fade > 0:
-            distill = self.distillation(teacher, run.pruning["layers"])
+            distill = self.distillation(teacher, run.pruning.layers)
             self.train(retune - fade, distill, max_steps=final_steps if gradual else None)
         metrics["pruning"] = {
-            "flops_ratio": run.pruning["flops"]["encoder_ratio"],
-            **run.pruning["parameters"],
+            "flops_ratio": run.pruning.flops["encoder_ratio"],
+            **run.pruning.parameters,
             "schedule": "gradual" if gradual else "oneshot",
             "distilled_from": str(config.teacher)
             if config.teacher
             else ("the unpruned model" if teacher else None),
         }
-        if run.pruning.get("target"):
-            target = run.pruning["target"]
+        if run.pruning.target:
+            target = run.pruning.target
             metrics["pruning"].update(
-                target_speedup=target["speedup"], predicted_speedup=target["predicted_speedup"]
+                target_speedup=target.target_speedup, predicted_speedup=target.predicted_speedup
             )
         return metrics
 
@@ -344,6 +345,9 @@ class Session:
         run = self.run
         if run.dsee is None:  # full fine-tuning: a plain transformers model
             run.model.save_pretrained(out)
+            # The length it was tuned with, where transformers keeps a model's limit: export, serving and
+            # evaluation truncate there (architectures.longest_input reads it back)
+            run.tokenizer.model_max_length = run.task.max_length
             run.tokenizer.save_pretrained(out)
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         else:  # save_checkpoint writes metrics.json with the rest

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..architectures import longest_input
 from ..data import Task
 from ..errors import DSEEError
 from ..tasks import FeatureExtraction, get_task, task_of_model
@@ -90,7 +91,7 @@ def _load_plain(src: Path, requested: str):
     from ..models import load_tokenizer
 
     config = AutoConfig.from_pretrained(src)
-    arch = get_spec(config.model_type)
+    get_spec(config.model_type)  # refuses an architecture that is not registered, in one line
     spec = get_task(requested) if requested != "auto" else task_of_model(config)
     try:
         model = spec.model_class().from_pretrained(src, use_safetensors=True)
@@ -104,22 +105,20 @@ def _load_plain(src: Path, requested: str):
         names = [str(config.id2label[i]) for i in range(config.num_labels)]
         if names == [f"LABEL_{i}" for i in range(len(names))]:  # transformers' defaults: the data says 0, 1
             names = [str(i) for i in range(len(names))]
-    task = Task(kind=spec.kind, label_names=names, max_length=_tuned_length(src, tokenizer, arch, config))
+    task = Task(kind=spec.kind, label_names=names, max_length=_tuned_length(src, tokenizer, config))
     if spec.labelled:  # dsee-tune --full-finetune records the metric it selected by
         recorded = _metrics(src).get("metric")
         task = replace(task, metric=recorded) if recorded in spec.metrics else task
     return model.eval(), tokenizer, task
 
 
-def _tuned_length(src: Path, tokenizer, arch, config) -> int:
-    """The length a dsee-tune --full-finetune output was tuned with (metrics.json); for any other model the
-    tokenizer's limit, within the model's positions."""
+def _tuned_length(src: Path, tokenizer, config) -> int:
+    """The length a model was tuned with: a dsee-tune --full-finetune output keeps it as its tokenizer's limit
+    (before 2026-12-08: in metrics.json); any other model takes its longest input."""
     recorded = _metrics(src).get("max_length")
     if isinstance(recorded, int) and recorded > 1:
-        return recorded
-    positions = arch.max_tokens(config)
-    limit = getattr(tokenizer, "model_max_length", positions) or positions
-    return int(min(limit, positions))
+        return min(recorded, longest_input(config))
+    return longest_input(config, tokenizer)
 
 
 def _metrics(src: Path) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DSEEError, require_extra
+from ..pruning.record import PruningRecord
 from ..tuning.config import DSEEConfig
 from ..tuning.options import TuneConfig
 from .session import Data, Run, Session
@@ -219,7 +220,8 @@ def resume_run(
     masks_file = Path(checkpoint) / MASKS_FILE
     masks = load_masks(masks_file) if masks_file.is_file() else None
     dsee = DSEEConfig.from_dict(info["dsee"])
-    run = Run(model, tokenizer, data.task, dsee, info["base_model"], info["pruning"], masks, str(checkpoint))
+    pruning = PruningRecord.from_dict(info["pruning"]) if info["pruning"] else None
+    run = Run(model, tokenizer, data.task, dsee, info["base_model"], pruning, masks, str(checkpoint))
     return run, data
 
 

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass, field
 
 from ..architectures import TARGETS
 from ..errors import ConfigError, versioned_fields
+from ..speed.key import PRECISIONS, SpeedKey
 from .importance import STRUCTURED, UNSTRUCTURED
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # version 1 had no speed target
 SCOPES = ("global", "layer")
-PRECISIONS = ("fp32", "int8")
 EQUAL_SHARE = 0.5  # --head-share's default: all heads together weigh as much as all FFN neurons
 
 
@@ -34,12 +34,17 @@ class PruneConfig:
             "model measured on this machine (cached).",
         },
     )
+    # The speed target's conditions: a SpeedKey (speed.key), whose defaults these are (PruneConfig.speed)
     latency_precision: str = field(
-        default="fp32",
+        default=SpeedKey.precision,
         metadata={"help": "Engine precision the speed target is for.", "choices": PRECISIONS},
     )
-    latency_batch: int = field(default=1, metadata={"help": "Batch size the speed target is for."})
-    latency_seq_len: int = field(default=128, metadata={"help": "Sequence length the speed target is for."})
+    latency_batch: int = field(
+        default=SpeedKey.batch, metadata={"help": "Batch size the speed target is for."}
+    )
+    latency_seq_len: int = field(
+        default=SpeedKey.seq_len, metadata={"help": "Sequence length the speed target is for."}
+    )
     latency_threads: int = field(
         default=0, metadata={"help": "Intra-op threads the speed target is for (0: all cores)."}
     )
@@ -124,6 +129,13 @@ class PruneConfig:
             raise ConfigError(
                 "--min-heads and --min-ffn must be >= 0, --taylor-samples and --flops-seq-len >= 1"
             )
+
+    @property
+    def speed(self) -> SpeedKey:
+        """Where the speed target is measured (latency_threads 0: every core)."""
+        return SpeedKey(
+            self.latency_precision, self.latency_batch, self.latency_seq_len, self.latency_threads or None
+        )
 
     @property
     def structured(self) -> bool:

@@ -6,15 +6,19 @@ import torch
 from torch import nn
 
 from ..architectures import ArchSpec, get_module, get_spec
-from ..distributed import from_main
+from ..distributed import from_main, is_main
 from ..errors import DSEEError
 from ..flops import encoder_flops
+from ..speed.latency import latency_model
 from ..surgery import apply_structure
+from ..tasks import task_of_model
 from ..tuning.layer import projection_shape
-from .config import FORMAT_VERSION, PruneConfig
+from .config import PruneConfig
 from .gates import gated, gates_for, structure_sizes
 from .importance import structured_scores
 from .masks import apply_masks, choose_masks
+from .record import PruningRecord, SpeedTarget
+from .search import aim_for, search_layout
 from .select import keep_structured, normalise_per_layer
 
 
@@ -34,30 +38,21 @@ def prune_model(
     model: nn.Module,
     config: PruneConfig,
     batches=None,
-    previous: dict | None = None,
+    previous: PruningRecord | None = None,
     seq_len: int = 128,
     layout: list[dict] | None = None,
-    planned: dict | None = None,
-) -> tuple[dict, dict]:
+    planned: SpeedTarget | None = None,
+) -> tuple[PruningRecord, dict]:
     """Prune `model` in place (structured: physically; unstructured: fixed masks). Returns the pruning record
     for pruning.json and the masks. `previous` is the record of a checkpoint that was pruned before; `layout`
     ({"kept_heads", "kept_ffn"} per layer) replaces the importance ranking where the structure is given, as
-    `choose_layout` chose it (`planned`: its speed-target record)."""
+    `choose_layout` chose it (`planned`: its speed target)."""
     spec = get_spec(model.config.model_type)
     if previous:
-        if config.structured and previous["structured"]:
-            raise DSEEError(
-                "this checkpoint's heads / FFN neurons were already pruned: prune the unpruned checkpoint once, "
-                "with the combined ratios"
-            )
-        if config.unstructured and previous["unstructured"]:
-            raise DSEEError(
-                "this checkpoint already has unstructured masks: prune the unpruned checkpoint once, with the "
-                "combined ratio"
-            )
-        n_layers, n_heads, width = len(previous["layers"]), previous["num_heads"], previous["ffn_width"]
-        dense_params = previous["parameters"]["encoder_dense"]
-        layers = [{"kept_heads": e["kept_heads"], "kept_ffn": e["kept_ffn"]} for e in previous["layers"]]
+        _refuse_twice(config, previous)
+        n_layers, n_heads, width = len(previous.layers), previous.num_heads, previous.ffn_width
+        dense_params = previous.parameters["encoder_dense"]
+        layers = [{"kept_heads": e["kept_heads"], "kept_ffn": e["kept_ffn"]} for e in previous.layers]
     else:
         n_layers, n_heads, width = structure_sizes(model, spec)
         dense_params = block_parameters(model, spec)[0]
@@ -87,19 +82,6 @@ def prune_model(
             )
         )
         apply_masks(model, spec, masks)
-
-    target = target or (previous or {}).get("target")
-    hidden = spec.hidden_size(model.config)
-    head_size = hidden // n_heads
-    pruned_params, nonzero = block_parameters(model, spec)
-    dense_flops = encoder_flops(hidden, head_size, [n_heads] * n_layers, [width] * n_layers, seq_len)
-    pruned_flops = encoder_flops(
-        hidden,
-        head_size,
-        [len(e["kept_heads"]) for e in layers],
-        [len(e["kept_ffn"]) for e in layers],
-        seq_len,
-    )
     for i, entry in enumerate(layers):
         entry["sparsity"] = {
             name.rsplit(".", 1)[1]: round(1 - float(m.float().mean()), 6)
@@ -107,56 +89,80 @@ def prune_model(
             if name.startswith(f"layer.{i}.")
         }
         if previous:
-            entry["sparsity"] = entry["sparsity"] or previous["layers"][i].get("sparsity", {})
-    record = {
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict() if not previous else {**previous["config"], **_changed(config)},
-        "structured": bool(config.structured or (previous and previous["structured"])),
-        "unstructured": bool(config.unstructured or (previous and previous["unstructured"])),
-        "importance": {
-            "structured": config.structured_importance()
-            if config.structured
-            else (previous or {}).get("importance", {}).get("structured"),
-            "unstructured": config.unstructured_importance()
-            if config.unstructured
-            else (previous or {}).get("importance", {}).get("unstructured"),
-        },
-        "num_layers": n_layers,
-        "num_heads": n_heads,
-        "head_size": head_size,
-        "hidden_size": hidden,
-        "ffn_width": width,
-        "layers": layers,
-        **({"target": target} if target else {}),
-        "parameters": {
-            "encoder_dense": dense_params,
-            "encoder_pruned": pruned_params,
-            "encoder_nonzero": nonzero,
-        },
-        "flops": {
-            "seq_len": seq_len,
-            "encoder_dense": dense_flops,
-            "encoder_pruned": pruned_flops,
-            "encoder_ratio": pruned_flops / dense_flops,
-        },
-    }
+            entry["sparsity"] = entry["sparsity"] or previous.layers[i].get("sparsity", {})
+    hidden = spec.hidden_size(model.config)
+    record = PruningRecord(
+        config=config.to_dict() if not previous else {**previous.config, **_changed(config)},
+        structured=bool(config.structured or (previous and previous.structured)),
+        unstructured=bool(config.unstructured or (previous and previous.unstructured)),
+        importance=_importance(config, previous),
+        num_layers=n_layers,
+        num_heads=n_heads,
+        head_size=hidden // n_heads,
+        hidden_size=hidden,
+        ffn_width=width,
+        layers=layers,
+        parameters={},
+        flops={},
+        target=target or (previous.target if previous else None),
+    )
+    _count(record, model, spec, dense_params, seq_len)
     return record, masks
+
+
+def _refuse_twice(config: PruneConfig, previous: PruningRecord) -> None:
+    if config.structured and previous.structured:
+        raise DSEEError(
+            "this checkpoint's heads / FFN neurons were already pruned: prune the unpruned checkpoint once, "
+            "with the combined ratios"
+        )
+    if config.unstructured and previous.unstructured:
+        raise DSEEError(
+            "this checkpoint already has unstructured masks: prune the unpruned checkpoint once, with the "
+            "combined ratio"
+        )
+
+
+def _importance(config: PruneConfig, previous: PruningRecord | None) -> dict:
+    """The scores each kind of pruning used: this run's, else the earlier pruning's."""
+    before = previous.importance if previous else {}
+    return {
+        "structured": config.structured_importance() if config.structured else before.get("structured"),
+        "unstructured": config.unstructured_importance()
+        if config.unstructured
+        else before.get("unstructured"),
+    }
+
+
+def _count(record: PruningRecord, model: nn.Module, spec: ArchSpec, dense_params: int, seq_len: int) -> None:
+    """The record's parameters and FLOPs (at `seq_len`), dense and pruned."""
+    n, heads, width = record.num_layers, record.num_heads, record.ffn_width
+    pruned_params, nonzero = block_parameters(model, spec)
+    dense_flops = encoder_flops(record.hidden_size, record.head_size, [heads] * n, [width] * n, seq_len)
+    pruned_flops = encoder_flops(record.hidden_size, record.head_size, *record.kept, seq_len)
+    record.parameters = {
+        "encoder_dense": dense_params,
+        "encoder_pruned": pruned_params,
+        "encoder_nonzero": nonzero,
+    }
+    record.flops = {
+        "seq_len": seq_len,
+        "encoder_dense": dense_flops,
+        "encoder_pruned": pruned_flops,
+        "encoder_ratio": pruned_flops / dense_flops,
+    }
 
 
 def choose_layout(
     model: nn.Module, config: PruneConfig, batches=None, log=print
-) -> tuple[list[dict], dict | None]:
+) -> tuple[list[dict], SpeedTarget | None]:
     """What structured pruning of the (unshrunk) `model` keeps, {"kept_heads", "kept_ffn"} per layer, and for a
     speed target its record (target, predicted speed-up, the latency model it was predicted by)."""
-    from ..distributed import is_main
-
     spec = get_spec(model.config.model_type)
     importance = config.structured_importance()
     # Under torchrun every process scores its own copy; all must cut the same heads: the main one decides.
     head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec))
     if config.target_speedup:
-        from .search import aim_for, search_layout
-
         # The search weighs heads against FFN neurons. Raw scores do not compare: the sum of |dL/dm| over a
         # layer's 1536 neurons dwarfs that over its 12 heads (on MiniLM SST-2 raw taylor scores cut 68 of 72
         # heads for a 2x target). So each layer's scores are normalised as the global ranking normalises them,
@@ -173,15 +179,15 @@ def choose_layout(
             head_scores, ffn_scores, latency, aim, config.min_heads, config.min_ffn
         )
         kept = ([len(e["kept_heads"]) for e in layers], [len(e["kept_ffn"]) for e in layers])
-        return layers, {
-            "speedup": config.target_speedup,
-            "aimed_speedup": round(aim, 4),
-            "checked_engines": len(latency.checks),  # the model's own error, in the aim where it has checks
-            "predicted_speedup": round(predicted, 4),
-            "predicted_ms": round(latency.predict_ms(*kept), 4),
-            "dense_ms": round(latency.dense_ms, 4),
-            "latency_model": latency.key,
-        }
+        return layers, SpeedTarget(
+            target_speedup=config.target_speedup,
+            predicted_speedup=round(predicted, 4),
+            latency_model=latency.key,
+            aimed_speedup=round(aim, 4),
+            checked_engines=len(latency.checks),  # the model's own error, in the aim where it has checks
+            predicted_ms=round(latency.predict_ms(*kept), 4),
+            dense_ms=round(latency.dense_ms, 4),
+        )
     if importance == "taylor" and config.scope == "global":
         head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
     kept_heads = keep_structured(head_scores, config.heads, config.scope, config.min_heads)
@@ -191,20 +197,9 @@ def choose_layout(
 
 def latency_for(model: nn.Module, config: PruneConfig, log=print):
     """The latency model of `model`'s geometry and task for the engine `config`'s speed target is about."""
-    from ..speed.latency import latency_model
-    from ..tasks import task_of_model
-
     model_config = model.config.__class__.from_dict(model.config.to_dict())
     model_config.architectures = [type(model).__name__]  # what task_of_model reads the head from
-    return latency_model(
-        model_config,
-        task_of_model(model_config),
-        config.latency_precision,
-        config.latency_batch,
-        config.latency_seq_len,
-        config.latency_threads or None,
-        log=log,
-    )
+    return latency_model(model_config, task_of_model(model_config), config.speed, log=log)
 
 
 def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads: int, width: int) -> None:
@@ -246,18 +241,18 @@ def _changed(config: PruneConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
 
 
-def format_report(record: dict) -> str:
+def format_report(record: PruningRecord) -> str:
     """pruning.json as a table: per-layer heads, FFN width and sparsity, then parameters and FLOPs."""
     lines = [
         f"{'layer':>5} {'heads':>7} {'FFN':>11} {'unstructured sparsity':<40}",
     ]
-    for i, e in enumerate(record["layers"]):
+    for i, e in enumerate(record.layers):
         sparsity = ", ".join(f"{k} {100 * v:.0f}%" for k, v in e.get("sparsity", {}).items()) or "-"
         lines.append(
-            f"{i:>5} {len(e['kept_heads']):>3}/{record['num_heads']:<3} {len(e['kept_ffn']):>5}/{record['ffn_width']:<5} "
+            f"{i:>5} {len(e['kept_heads']):>3}/{record.num_heads:<3} {len(e['kept_ffn']):>5}/{record.ffn_width:<5} "
             f"{sparsity:<40}"
         )
-    p, f = record["parameters"], record["flops"]
+    p, f = record.parameters, record.flops
     lines += [
         "",
         f"encoder parameters: {p['encoder_pruned']:,} of {p['encoder_dense']:,} dense "
@@ -267,19 +262,6 @@ def format_report(record: dict) -> str:
         f"{f['encoder_dense'] / 1e9:.3f} G dense ({100 * f['encoder_ratio']:.1f} %; dense kernels: unstructured "
         f"zeros do not count)",
     ]
-    if record.get("target"):
-        lines.append(describe_target(record["target"]))
+    if record.target:
+        lines.append(record.target.describe())
     return "\n".join(lines)
-
-
-def describe_target(target: dict) -> str:
-    k = target["latency_model"]
-    aimed = target.get("aimed_speedup", target["speedup"])
-    checked = target.get("checked_engines", 0)
-    error = f"'s error on {checked} exported engine{'s' if checked > 1 else ''}" if checked else "'s error"
-    margin = f", aimed at {aimed:.2f}x for the latency model{error}" if aimed > target["speedup"] else ""
-    return (
-        f"speed target {target['speedup']:g}x{margin}: predicted {target['predicted_speedup']:.2f}x "
-        f"({target['dense_ms']:.2f} ms dense -> {target['predicted_ms']:.2f} ms, {k['precision']} engines on "
-        f"{k['processor']}, batch {k['batch']}, sequence {k['seq_len']}, {k['threads']} threads)"
-    )

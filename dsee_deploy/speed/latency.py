@@ -49,9 +49,10 @@ import numpy as np
 
 from ..errors import DSEEError
 from .engines import measured_task
+from .key import DEFAULT_SPEED, SpeedKey
 from .machine import machine
 from .passes import STEADY, measure
-from .table import MAX_CHECKS, PRECISIONS, DamagedLatencyModel, LatencyModel, grid_fault
+from .table import MAX_CHECKS, DamagedLatencyModel, LatencyModel, grid_fault
 
 
 def cache_dir() -> Path:
@@ -59,10 +60,9 @@ def cache_dir() -> Path:
     return Path(root) / "latency"
 
 
-def latency_key(
-    model_config, task_spec, precision: str, batch: int, seq_len: int, threads: int, provider: str
-) -> dict:
-    """Everything a latency model's figures depend on, and nothing else: change any and it is measured again."""
+def latency_key(model_config, task_spec, speed: SpeedKey) -> dict:
+    """Everything a latency model's figures depend on, and nothing else: change any and it is measured again.
+    `speed` as measured (SpeedKey.on: its threads and sequence resolved for the model and machine)."""
     import onnxruntime
 
     from ..architectures import get_spec
@@ -77,11 +77,7 @@ def latency_key(
         "ffn_width": int(spec.ffn_width(model_config)),
         "vocab_size": int(model_config.vocab_size),
         "head": measured_task(task_spec).kind,  # not the label count: see measured_task
-        "precision": precision,
-        "batch": int(batch),
-        "seq_len": int(seq_len),
-        "threads": int(threads),
-        "provider": provider,
+        **speed.to_dict(),
         "processor": host["processor"],
         "cpu_count": host["cpu_count"],
         "cpu_flags": host["cpu_flags"],
@@ -92,11 +88,7 @@ def latency_key(
 def latency_model(
     model_config,
     task_spec,
-    precision: str = "fp32",
-    batch: int = 1,
-    seq_len: int = 128,
-    threads: int | None = None,
-    provider: str = "CPUExecutionProvider",
+    speed: SpeedKey = DEFAULT_SPEED,
     *,
     cache: bool = True,
     grid: tuple[list[int], list[int]] | None = None,
@@ -104,23 +96,11 @@ def latency_model(
     log=print,
 ) -> LatencyModel:
     """The latency model of `model_config`'s geometry (a transformers config) for engines of `task_spec`
-    (tasks.TaskSpec), from the cache or measured now (a few minutes for a 6-layer model, once)."""
-    if precision not in PRECISIONS:
-        raise DSEEError(f"latency precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    threads = threads or os.cpu_count() or 1
-    seq_len = fitting_length(model_config, seq_len)
-    key = latency_key(model_config, task_spec, precision, batch, seq_len, threads, provider)
+    (tasks.TaskSpec) at `speed`, from the cache or measured now (a few minutes for a 6-layer model, once)."""
+    speed = speed.on(model_config)
+    key = latency_key(model_config, task_spec, speed)
     if grid:
-        for values, full, what in (
-            (grid[0], key["num_heads"], "heads"),
-            (grid[1], key["ffn_width"], "FFN neurons"),
-        ):
-            fault = grid_fault(list(values), full, what)
-            if fault:
-                raise DSEEError(
-                    f"the latency grid of {what} {list(values)} {fault}: give the counts to measure, "
-                    f"from 0 to {full}"
-                )
+        _check_grid(grid, key)
         key["grid"] = [list(grid[0]), list(grid[1])]
     path = cached_path(key)
     warned: list[str] = []
@@ -137,40 +117,48 @@ def latency_model(
         found = _cached(path, key, warn) if cache else None  # measured by the process this one waited for
         if found:
             return found
-        heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
-        log(
-            f"measuring the latency of {len(heads_grid) * len(ffn_grid)} {precision} engines of this geometry "
-            f"on this machine (batch {batch}, sequence {seq_len}, {threads} threads); cached in {path.parent}"
-        )
-        measured, passes, spread = measure(
-            model_config,
-            task_spec,
-            precision,
-            batch,
-            seq_len,
-            threads,
-            provider,
-            heads_grid,
-            ffn_grid,
-            rounds,
-        )
-        model = LatencyModel(
-            key,
-            list(heads_grid),
-            list(ffn_grid),
-            [[measured[(h, f)] for f in ffn_grid] for h in heads_grid],
-            passes,
-            round(spread, 4),
-        )
-        if spread > STEADY:
-            log(
-                f"warning: the grid's best timings did not repeat within {spread:.0%} in {passes} passes: this "
-                f"machine was not steady, and predictions may be off by as much. To measure again when it is "
-                f"quiet, delete {path}"
-            )
+        model = _measure(model_config, task_spec, speed, key, grid, rounds, path, log)
         if cache:
             _write(path, model)
     log(model.summary())
+    return model
+
+
+def _check_grid(grid: tuple[list[int], list[int]], key: dict) -> None:
+    for values, full, what in (
+        (grid[0], key["num_heads"], "heads"),
+        (grid[1], key["ffn_width"], "FFN neurons"),
+    ):
+        fault = grid_fault(list(values), full, what)
+        if fault:
+            raise DSEEError(
+                f"the latency grid of {what} {list(values)} {fault}: give the counts to measure, from 0 to {full}"
+            )
+
+
+def _measure(model_config, task_spec, speed: SpeedKey, key: dict, grid, rounds: int, path: Path, log):
+    """The latency model of `key`, measured now (the grid of engines timed against the dense one)."""
+    heads_grid, ffn_grid = grid or default_grid(key["num_heads"], key["ffn_width"])
+    log(
+        f"measuring the latency of {len(heads_grid) * len(ffn_grid)} {speed.precision} engines of this geometry "
+        f"on this machine (batch {speed.batch}, sequence {speed.seq_len}, {speed.threads} threads); cached in "
+        f"{path.parent}"
+    )
+    measured, passes, spread = measure(model_config, task_spec, speed, heads_grid, ffn_grid, rounds)
+    model = LatencyModel(
+        key,
+        list(heads_grid),
+        list(ffn_grid),
+        [[measured[(h, f)] for f in ffn_grid] for h in heads_grid],
+        passes,
+        round(spread, 4),
+    )
+    if spread > STEADY:
+        log(
+            f"warning: the grid's best timings did not repeat within {spread:.0%} in {passes} passes: this "
+            f"machine was not steady, and predictions may be off by as much. To measure again when it is "
+            f"quiet, delete {path}"
+        )
     return model
 
 
@@ -244,14 +232,6 @@ def _measuring(path: Path, log):
         yield
     finally:
         lock.release()
-
-
-def fitting_length(model_config, seq_len: int) -> int:
-    """`seq_len`, or the model's longest input where that is shorter (a speed target at 128 tokens of a model
-    with 64 positions is one at 64)."""
-    from ..architectures import get_spec
-
-    return min(int(seq_len), get_spec(model_config.model_type).max_tokens(model_config))
 
 
 def default_grid(num_heads: int, ffn_width: int) -> tuple[list[int], list[int]]:

@@ -95,29 +95,17 @@ def time_grid(
 
 
 def measure(
-    model_config,
-    task_spec,
-    precision,
-    batch,
-    seq_len,
-    threads,
-    provider,
-    heads_grid,
-    ffn_grid,
-    rounds,
-    *,
-    opened=None,
+    model_config, task_spec, speed, heads_grid, ffn_grid, rounds, *, opened=None
 ) -> tuple[dict, int, float]:
-    """Latency (ms) of the uniform layouts (h heads and f neurons in every layer) of the grid, the passes timed
-    and their spread (time_grid). `opened`: called with each group's runners as its sessions are opened."""
+    """Latency (ms) of the uniform layouts (h heads and f neurons in every layer) of the grid at `speed` (a
+    resolved SpeedKey), the passes timed and their spread (time_grid). `opened`: called with each group's
+    runners as its sessions are opened."""
     shapes = [(h, f) for h in heads_grid for f in ffn_grid]
     with _quiet_optimum():
-        return _measure(
-            model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes, opened
-        )
+        return _measure(model_config, task_spec, speed, rounds, shapes, opened)
 
 
-def _measure(model_config, task_spec, precision, batch, seq_len, threads, provider, rounds, shapes, opened):
+def _measure(model_config, task_spec, speed, rounds, shapes, opened):
     from tqdm.auto import tqdm
 
     from ..architectures import get_spec
@@ -137,10 +125,12 @@ def _measure(model_config, task_spec, precision, batch, seq_len, threads, provid
         for h, f in tqdm(shapes, desc="latency model: building engines", leave=False):
             layout = None if (h, f) == dense else uniform_layout(n_layers, h, f)
             paths[(h, f)] = str(
-                build_engine(model_config, task_spec, layout, precision, Path(tmp) / f"h{h}-f{f}")
+                build_engine(model_config, task_spec, layout, speed.precision, Path(tmp) / f"h{h}-f{f}")
             )
         if dense not in paths:
-            paths[dense] = str(build_engine(model_config, task_spec, None, precision, Path(tmp) / "dense"))
+            paths[dense] = str(
+                build_engine(model_config, task_spec, None, speed.precision, Path(tmp) / "dense")
+            )
         heads = sorted({h for h, _ in shapes})
         groups = [[s for s in shapes if s[0] == h] for h in heads]  # one head count, every FFN width
         bar = tqdm(total=MIN_PASSES, desc="latency model: timing passes", leave=False)
@@ -151,7 +141,14 @@ def _measure(model_config, task_spec, precision, batch, seq_len, threads, provid
             bar.update(1)
             bar.set_postfix_str(f"best figures confirmed within {spread:.1%}")
 
-        session_args = (model_config.model_type, model_config.vocab_size, batch, seq_len, threads, provider)
+        session_args = (
+            model_config.model_type,
+            model_config.vocab_size,
+            speed.batch,
+            speed.seq_len,
+            speed.threads,
+            speed.provider,
+        )
         try:
             with group_sessions(paths, dense, *session_args) as open_group:
                 measured, timed, spread = time_grid(

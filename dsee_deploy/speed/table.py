@@ -13,7 +13,6 @@ from ..errors import DSEEError
 # 1: two one-dimensional series; 2: a table timed by the clock, one pass. What a file holds, not its key: the key
 # is hashed into the file's name, so a model of another key (3's num_labels, now its head) is another file.
 FORMAT_VERSION = 3
-PRECISIONS = ("fp32", "int8")
 MAX_CHECKS = 20  # the checks a model keeps, the latest: a machine's state drifts
 NEAR = 0.25  # checks predicted within 25 % of a target (in ratio) speak for it
 
