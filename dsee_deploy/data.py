@@ -20,10 +20,11 @@ TEXT_COLUMNS = [
     ("question", "sentence"),
     ("premise", "hypothesis"),
     ("#1 String", "#2 String"),
+    ("sentence_A", "sentence_B"),  # SICK
     ("sentence", None),
     ("text", None),
 ]
-LABEL_COLUMNS = ["label", "labels", "Quality", "score"]
+LABEL_COLUMNS = ["label", "labels", "Quality", "score", "relatedness_score"]
 _READERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
 
@@ -327,6 +328,11 @@ def labelled_texts(ds, task: Task, source: str, flag: str) -> tuple[list, object
                 )
     else:
         text, pair, label = resolve_columns(ds, source, None, None, None)
+    if task.spec.pair_similarity and not pair:
+        raise DSEEError(
+            f"{flag} '{source}' has one text column ('{text}'); {task.kind} is scored on pairs of texts with a "
+            f"relatedness score (two text columns and a score column, as SICK or STS-B)"
+        )
     ds = ds.filter(lambda row: row[label] is not None and row[text] is not None)
     texts = list(zip(ds[text], ds[pair], strict=True)) if pair else list(ds[text])
     index = task.label_index

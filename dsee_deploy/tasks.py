@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import DSEEError
+from .similarity import correlation
 
 
 class TaskSpec:
@@ -23,7 +24,11 @@ class TaskSpec:
     exporter_task: str = ""  # optimum's task name
     outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, in order
     engine_output: str = "logits"  # the output the engine reads
-    labelled: bool = False  # has labels: --validate-data, dsee-bench --eval-data and the metric gate apply
+    labelled: bool = False  # trains on labels, and is scored on them
+    # Has a metric on labelled evaluation data: --validate-data, dsee-bench --eval-data and the metric gate apply
+    # (every labelled task; sentence embeddings on scored pairs)
+    scored: bool = False
+    pair_similarity: bool = False  # scored by the cosine of each pair's two embeddings, not by one output
     metrics: tuple[str, ...] = ()  # what training reports; the first is the default selection metric
     # What every report of a labelled run (--validate-data, dsee-bench's tables) shows beside the selection
     # metric: accuracy beside F1; Pearson and Spearman both, whichever selected the checkpoint.
@@ -147,6 +152,7 @@ class Classification(TaskSpec):
     head = "AutoModelForSequenceClassification"
     exporter_task = "text-classification"
     labelled = True
+    scored = True
     metrics = ("accuracy", "f1", "matthews_correlation")
     reported = ("accuracy",)
     verb = "predict"
@@ -196,6 +202,7 @@ class Regression(TaskSpec):
     head = "AutoModelForSequenceClassification"
     exporter_task = "text-classification"
     labelled = True
+    scored = True
     metrics = ("pearson", "spearman")
     reported = ("pearson", "spearman")  # STS papers quote Spearman; GLUE's STS-B, both
     verb = "predict"
@@ -218,12 +225,9 @@ class Regression(TaskSpec):
     def score(
         self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
     ) -> float:
-        p, y = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
-        if metric == "spearman":
-            p, y = _ranks(p), _ranks(y)
-        elif metric != "pearson":
+        if metric not in ("pearson", "spearman"):
             return super().score(metric, predictions, labels, positive)
-        return float(np.corrcoef(p, y)[0, 1] * 100)
+        return correlation(metric, predictions, labels)
 
     def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
         """Within `tolerance` of each other, as "k/n"."""
@@ -258,9 +262,32 @@ class FeatureExtraction(TaskSpec):
     engine_output = "sentence_embedding"
     verb = "embed"
     pooled = True
+    # Scored on sentence pairs with a relatedness score (STS, SICK): the cosine of the two embeddings against it
+    scored = True
+    pair_similarity = True
+    continuous_labels = True
+    metrics = ("spearman", "pearson")  # STS papers quote Spearman
+    reported = ("spearman", "pearson")
+    tolerance = 0.01  # two runs' cosines agree when they are this close
 
     def output_width(self, labels: Sequence[str], hidden_size: int | None) -> int | None:
         return hidden_size
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1)  # the pairs' cosines (runtime.evaluate computes them from the embeddings)
+
+    def score(
+        self, metric: str, predictions: np.ndarray, labels: np.ndarray, positive: int = 1, classes: int = 0
+    ) -> float:
+        return correlation(metric, predictions, labels)
+
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> str:
+        """Cosines within `tolerance` of each other, as "k/n"."""
+        same = np.abs(a - b) <= self.tolerance
+        return f"{int(same.sum())}/{same.size}"
+
+    def agreement_with(self, other: str) -> str:
+        return f"cosine within {self.tolerance:g} of {other}"
 
 
 def _f1(pred: np.ndarray, true: np.ndarray) -> float:
@@ -277,13 +304,3 @@ def _matthews(p: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
     c, s = np.trace(confusion), confusion.sum()
     denominator = np.sqrt((s * s - q @ q) * (s * s - t @ t))
     return float((c * s - t @ q) / denominator) if denominator else 0.0
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as scipy.stats.rankdata), for Spearman's correlation."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, ranks)
-    return (sums / np.bincount(inverse))[inverse]

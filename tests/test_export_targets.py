@@ -188,7 +188,7 @@ def test_export_bad_options_are_one_line(pruned_bert, labelled, tmp_path, capsys
         (["--output", pruned_bert, "--overwrite"], "is the checkpoint"),
         (
             ["--output", tmp_path / "e", "--task", "feature-extraction", "--validate-data", labelled],
-            "this export is feature-extraction: drop it",
+            "is scored on pairs of texts",
         ),
     ]
     for argv, expected in cases:

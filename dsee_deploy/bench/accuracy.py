@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import Task
+from ..similarity import read_beir
 from ..tasks import get_task
 from .variants import Variant, load_torch
 
@@ -30,13 +31,18 @@ def task_of(variant: Variant) -> Task:
 
 
 def load_for(variants: list[Variant], source: str, threads: int, spin_us: int) -> dict[str, dict]:
-    """Texts and label ids per labelled variant (others get no metric), read and checked up front."""
+    """Texts (or pairs) and labels per scored variant (others get no metric), read and checked up front."""
     from ..runtime.evaluate import read_labelled
 
     out, read = {}, {}
+    retrieval = None
+    if Path(source).is_dir():  # a retrieval set in BEIR's layout: sentence-embedding variants only
+        retrieval = read_beir(source)
     for v in variants:
         task = task_of(v)
-        if task.spec.labelled:
+        if retrieval is not None and task.spec.pair_similarity:
+            out[v.name] = {"retrieval": retrieval, "task": task, "threads": threads, "spin": spin_us}
+        elif retrieval is None and task.spec.scored:
             key = (task.kind, tuple(task.label_names))  # variants of one task read the file once
             if key not in read:
                 read[key] = read_labelled(source, "--eval-data", task)
@@ -56,7 +62,7 @@ def evaluate(variant: Variant, data: dict) -> dict:
     checkpoint and `value` is its score; every metric the task reports (accuracy; Pearson and Spearman) is there
     by its name too."""
     from ..runtime import TextEncoder
-    from ..runtime.evaluate import evaluate_runs
+    from ..runtime.evaluate import evaluate_retrieval, evaluate_runs
     from ..serve import Engine
 
     task = data["task"]
@@ -80,13 +86,17 @@ def evaluate(variant: Variant, data: dict) -> dict:
                 ).numpy()
 
         run = (variant.feeds, forward)
-    result = evaluate_runs(data["texts"], data["labels"], task, encoder, {variant.name: run})
+    if "retrieval" in data:
+        result = evaluate_retrieval(data["retrieval"], encoder, {variant.name: run})
+    else:
+        result = evaluate_runs(data["texts"], data["labels"], task, encoder, {variant.name: run})
     entry = result["results"][variant.name]
     return {
-        "metric": task.metric,
+        "metric": result["metric"],
         "value": entry["metric"],
         **{m: entry[m] for m in result["metrics"]},
         "examples": result["examples"],
         **({"majority": result["majority"]} if "majority" in result else {}),
+        **({"metrics": result["metrics"], "corpus": result["corpus"]} if "corpus" in result else {}),
         "max_length": encoder.max_length,
     }

@@ -29,7 +29,11 @@ def metric_columns(results: dict) -> list[str]:
     """The metrics the tables show beside the task metric: what each benched task reports (accuracy for
     classification; pearson and spearman for regression)."""
     tasks = dict.fromkeys(v.get("task", Classification.kind) for v in results["variants"])
-    return list(dict.fromkeys(m for kind in tasks for m in get_task(kind).reported))
+    columns = list(dict.fromkeys(m for kind in tasks for m in get_task(kind).reported))
+    scored = list(results.get("accuracy", {}).values())
+    if any("metrics" in entry for entry in scored):  # sentence embeddings on a retrieval set: its metrics
+        columns = list(dict.fromkeys(m for entry in scored for m in entry.get("metrics", columns)))
+    return columns
 
 
 def frontier_shape(results: dict) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..data import Task, labelled_texts
+from ..similarity import RETRIEVAL_METRICS, pair_cosines, retrieval_scores
 from .text import TextEncoder, run_texts
 
 BATCH = 32  # as the engine's default batch_size: evaluation batches texts as serving does
@@ -37,10 +38,7 @@ def evaluate_runs(
     runtime.run_texts takes them. Every run after the first records its agreement with the first; after the
     second, with the second too (PyTorch, then the fp32 engine), under the key spec.agreement_with names."""
     spec = task.spec
-    predictions = {
-        name: spec.predictions(run_texts(texts, encoder, feeds, run, BATCH))
-        for name, (feeds, run) in runs.items()
-    }
+    predictions = {name: _predictions(spec, texts, encoder, feeds, run) for name, (feeds, run) in runs.items()}
     names = list(predictions)
     metrics = spec.reported_metrics(task.metric)
     results = {}
@@ -55,6 +53,38 @@ def evaluate_runs(
     if not spec.continuous_labels and len(labels):
         report["majority"] = majority(labels, task)
     return report
+
+
+def evaluate_retrieval(retrieval: tuple, encoder: TextEncoder, runs: dict[str, tuple[Callable, Callable]]) -> dict:
+    """nDCG@10 and recall@10 (x 100) per run of a sentence-embedding model on a BEIR-layout set
+    (similarity.read_beir: corpus texts, query texts, relevance per query), the corpus ranked by cosine."""
+    corpus, queries, relevant = retrieval
+    results = {}
+    for name, (feeds, run) in runs.items():
+        scores = retrieval_scores(
+            run_texts(queries, encoder, feeds, run, BATCH), run_texts(corpus, encoder, feeds, run, BATCH), relevant
+        )
+        results[name] = {"metric": scores[RETRIEVAL_METRICS[0]], **scores}
+    return {
+        "examples": len(queries),
+        "corpus": len(corpus),
+        "metric": RETRIEVAL_METRICS[0],
+        "metrics": list(RETRIEVAL_METRICS),
+        "results": results,
+    }
+
+
+def _predictions(spec, texts: list, encoder: TextEncoder, feeds: Callable, run: Callable) -> np.ndarray:
+    """What the task's metric compares with the labels: one output per text, or for sentence embeddings the
+    cosine of each pair's two embeddings (each distinct text embedded once)."""
+    if not spec.pair_similarity:
+        return spec.predictions(run_texts(texts, encoder, feeds, run, BATCH))
+    distinct = list(dict.fromkeys(t for pair in texts for t in pair))
+    row = {t: i for i, t in enumerate(distinct)}
+    embeddings = run_texts(distinct, encoder, feeds, run, BATCH)
+    a = embeddings[[row[p[0]] for p in texts]]
+    b = embeddings[[row[p[1]] for p in texts]]
+    return pair_cosines(a, b)
 
 
 def constant_scores(task: Task, labels: np.ndarray, common: int | None = None) -> dict[str, float]:
