@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..architectures import get_module, get_spec
+from ..architectures import get_module, get_spec, longest_input
 from ..checkpoint import CONFIG_FILE, is_peft_adapter, load_dsee
 from ..data import Task
 from ..errors import DSEEError, require_extra
@@ -125,7 +125,7 @@ def _load(src: Path, base_model: str | None) -> _Encoder:
             f"output; restore {CONFIG_FILE} or re-run dsee-tune"
         )
     config = AutoConfig.from_pretrained(src)
-    spec = get_spec(config.model_type)  # refuses an unregistered architecture in one line
+    get_spec(config.model_type)  # refuses an unregistered architecture in one line
     try:
         encoder = AutoModel.from_pretrained(src, use_safetensors=True).float().eval()
     except (OSError, ValueError) as exc:
@@ -134,10 +134,7 @@ def _load(src: Path, base_model: str | None) -> _Encoder:
         ) from exc
     tokenizer = load_tokenizer(str(src))
     # As dsee-export takes a plain model's length: its tokenizer's limit, within its positions.
-    positions = spec.max_tokens(config)
-    limit = getattr(tokenizer, "model_max_length", None)
-    length = limit if isinstance(limit, int) and 1 < limit < positions else positions
-    return _Encoder(encoder, tokenizer, *pooling_of(src), length)
+    return _Encoder(encoder, tokenizer, *pooling_of(src), longest_input(config, tokenizer))
 
 
 def _local_dir(name_or_path: str) -> Path | None:
