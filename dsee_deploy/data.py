@@ -21,9 +21,11 @@ TEXT_COLUMNS = [
     ("premise", "hypothesis"),
     ("#1 String", "#2 String"),
     ("sentence_A", "sentence_B"),  # SICK
+    ("anchor", "positive"),  # sentence-transformers' pair datasets
     ("sentence", None),
     ("text", None),
 ]
+PAIR = "pair_"  # a text pair's second text, tokenized on its own: pair_input_ids, pair_attention_mask, ...
 LABEL_COLUMNS = ["label", "labels", "Quality", "score", "relatedness_score"]
 _READERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
@@ -248,6 +250,8 @@ def encode(ds, tokenizer, task: Task, source: str):
     """Tokenize `ds` for `task` (labels as ids), dropping the raw columns."""
     if task.spec.language_model:
         return _encode_lm(ds, tokenizer, task)
+    if task.spec.pair_similarity:
+        return _encode_texts(ds, tokenizer, task, source)
     index = task.label_index
 
     def to_label(value):
@@ -270,6 +274,41 @@ def encode(ds, tokenizer, task: Task, source: str):
     return ds.map(
         tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(source).name}"
     )
+
+
+def _encode_texts(ds, tokenizer, task: Task, source: str):
+    """Sentence embeddings: the text, and the pair's second text tokenized on its own (as pair_*: two texts, not
+    one input), and the score where the data has one."""
+    used = [c for c in (task.text_column, task.text_pair_column, task.label_column) if c]
+    for col in used:
+        if col not in ds.column_names:
+            raise DSEEError(
+                f"'{source}' has no column '{col}' (columns: {', '.join(ds.column_names)}): evaluation data "
+                f"must have the training data's columns"
+            )
+    ds = ds.filter(lambda row: all(row[c] is not None for c in used))
+
+    def tokenize(batch):
+        enc = dict(tokenizer(batch[task.text_column], truncation=True, max_length=task.max_length))
+        if task.text_pair_column:
+            pair = tokenizer(batch[task.text_pair_column], truncation=True, max_length=task.max_length)
+            enc.update({PAIR + k: v for k, v in pair.items()})
+        if task.label_column:
+            enc["labels"] = [_score(v, source, task.label_column) for v in batch[task.label_column]]
+        return enc
+
+    return ds.map(
+        tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(source).name}"
+    )
+
+
+def _score(value, source: str, column: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DSEEError(
+            f"'{source}' has score {value!r} in column '{column}', which is not a number: fix the file"
+        ) from None
 
 
 def _encode_lm(ds, tokenizer, task: Task):

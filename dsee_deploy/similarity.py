@@ -95,7 +95,9 @@ def read_beir(folder: str | Path, split: str = "test", flag: str = "--eval-data"
             if n == 0 and not _is_number(fields[-1]):
                 continue  # the header
             if len(fields) < 3 or not _is_number(fields[2]):
-                raise DSEEError(f"{flag} '{qrels_path}' line {n + 1} is not 'query-id<TAB>corpus-id<TAB>score'")
+                raise DSEEError(
+                    f"{flag} '{qrels_path}' line {n + 1} is not 'query-id<TAB>corpus-id<TAB>score'"
+                )
             query, doc, grade = str(fields[0]), str(fields[1]), float(fields[2])
             if query not in queries or doc not in row_of:
                 raise DSEEError(
@@ -118,7 +120,7 @@ def _jsonl(path: Path, flag: str) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise DSEEError(f"{flag} '{path}' line {n + 1} is not JSON ({exc.msg}): fix the file") from exc
         if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
-            raise DSEEError(f"{flag} '{path}' line {n + 1} has no \"_id\" and \"text\": fix the file")
+            raise DSEEError(f'{flag} \'{path}\' line {n + 1} has no "_id" and "text": fix the file')
         row["_id"] = str(row["_id"])
         rows.append(row)
     return rows

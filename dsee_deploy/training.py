@@ -11,13 +11,15 @@ from typing import Any
 import numpy as np
 
 from .distributed import world_size
+from .embedding import collator as embedding_collator
+from .embedding import embedding_trainer_class
 
 
 def compute_metrics_for(task):
     """Trainer's metric function for `task`: the task registry's metrics (as fractions, as Trainer reports
     them), so that training, --validate-data and dsee-bench score alike."""
     spec = task.spec
-    if not spec.labelled:
+    if not spec.scored:
         return None
 
     def compute(pred) -> dict:
@@ -33,6 +35,8 @@ def collator_for(task, tokenizer):
 
     if task.spec.language_model:
         return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    if task.spec.pair_similarity:
+        return embedding_collator(tokenizer)
     return DataCollatorWithPadding(tokenizer)
 
 
@@ -119,7 +123,10 @@ def build_trainer(
     collator = collator_for(task, tokenizer)
     kwargs = {}
     cls = Trainer
-    if distill is not None:
+    if task.spec.pair_similarity:  # sentence embeddings: the pair's columns are not the encoder's arguments
+        args.remove_unused_columns = False
+        cls, kwargs = embedding_trainer_class(), {"task": task, "distill": distill}
+    elif distill is not None:
         cls = distillation_trainer_class()
         kwargs = {"distill": distill}
     return cls(

@@ -30,6 +30,19 @@ def pooling_of(model_dir: Path | None) -> tuple[str, bool]:
     return pooling, normalize
 
 
+def sentence_length(model_dir: Path | None) -> int | None:
+    """The max_seq_length a sentence-transformers directory declares (sentence_bert_config.json; sentence-
+    transformers 5 also keeps it as the tokenizer's limit, which longest_input reads), None where none."""
+    path = Path(model_dir) / "sentence_bert_config.json" if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 1 else None
+
+
 def sentence_encoder(encoder, pooling: str, normalize: bool):
     """`encoder` (a transformers base model) returning last_hidden_state and sentence_embedding."""
     import torch

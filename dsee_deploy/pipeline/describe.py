@@ -17,13 +17,16 @@ def describe_dsee(dsee) -> str:
 
 def describe_distillation(d, teacher: str | None, task) -> str:
     """What a student learns from its teacher, in one line: the loss and each weight."""
-    soft = (
-        "MSE to its outputs"
-        if task.kind == "regression"
-        else f"KL to its softened logits (T {d.temperature:g})"
-    )
+    if task.spec.pooled:
+        soft = "MSE to its sentence embeddings"
+    elif task.kind == "regression":
+        soft = "MSE to its outputs"
+    else:
+        soft = f"KL to its softened logits (T {d.temperature:g})"
     who = f"'{teacher}'" if teacher else "the unpruned model (a copy taken before pruning)"
     line = f"distilling from {who}: loss = {1 - d.alpha:g} x task + {d.alpha:g} x {soft}"
+    if task.spec.pooled and not task.text_pair_column:  # single texts: the teacher is all there is to learn
+        line = f"distilling from {who}: loss = {soft}"
     if d.hidden > 0 and d.layer_map:
         pairs = ", ".join(f"{s}<-{t}" for s, t in d.layer_map)
         line += f" + {d.hidden:g} x hidden-state MSE over {_count(len(d.layer_map), 'layer')} (student<-teacher: {pairs})"

@@ -349,6 +349,8 @@ class Session:
             # evaluation truncate there (architectures.longest_input reads it back)
             run.tokenizer.model_max_length = run.task.max_length
             run.tokenizer.save_pretrained(out)
+            if run.task.spec.pooled:
+                _copy_sentence_config(run.base["name_or_path"], out)
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         else:  # save_checkpoint writes metrics.json with the rest
             data = {k: str(Path(v).resolve()) for k, v in sources.items() if v and Path(v).exists()}
@@ -378,3 +380,21 @@ def _log(message: str) -> None:
 
     if is_main():  # one report of a distributed run
         print(message, file=sys.stderr, flush=True)
+
+
+def _copy_sentence_config(base: str, out: Path) -> None:
+    """A fully fine-tuned sentence-embedding model keeps its base's sentence-transformers config (pooling,
+    normalization: what export pools with), where the base has one."""
+    import shutil
+
+    from ..models import resolve_model
+
+    root = Path(resolve_model(base))
+    if not (root / "modules.json").is_file():
+        return
+    for m in json.loads((root / "modules.json").read_text()):
+        if m.get("path") and (root / m["path"]).is_dir():
+            shutil.copytree(root / m["path"], out / m["path"], dirs_exist_ok=True)
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, out / name)

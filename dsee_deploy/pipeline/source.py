@@ -33,7 +33,7 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
         read_checkpoint_info,
         read_pruning,
     )
-    from ..export.pooling import pooling_of, sentence_encoder
+    from ..export.pooling import pooling_of, sentence_encoder, sentence_length
     from ..tuning import unwrap_dsee
 
     if is_peft_adapter(src):
@@ -57,15 +57,20 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
     else:
         model, tokenizer, task = _load_plain(src, config.task)
         pruning, base_dir = None, src
+    # A record may say more than the model takes (tuned with --max-length above its positions): what it takes
+    task = replace(task, max_length=min(task.max_length, longest_input(model.config)))
     features = get_task(FeatureExtraction.kind)
     if config.task == features.kind or task.spec is features:
         pooling, normalize = pooling_of(base_dir)
         pooling = pooling if config.pooling == "auto" else config.pooling
         normalize = normalize if config.normalize is None else config.normalize
         model = sentence_encoder(model.base_model, pooling, normalize)
+        declared = sentence_length(
+            base_dir
+        )  # sentence-transformers' max_seq_length: what its encode truncates at
         task = Task(
             kind=features.kind,
-            max_length=task.max_length,
+            max_length=min(task.max_length, declared or task.max_length),
             pooling=pooling,
             normalize=normalize,
             label_names=[],

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DSEEError, require_extra
+from ..export.pooling import pooling_of
 from ..pruning.record import PruningRecord
+from ..tasks import FeatureExtraction
 from ..tuning.config import DSEEConfig
 from ..tuning.options import TuneConfig
 from .session import Data, Run, Session
@@ -55,6 +57,12 @@ def tune(
             "--retune-rank grows the rank for re-tuning after pruning: pass --target-speedup or a --prune-* ratio "
             "with it (a fresh run takes --rank)"
         )
+    if config.task == FeatureExtraction.kind and prune.any:
+        raise DSEEError(
+            "pruning a sentence-embedding model is not supported yet (its importance and re-tuning need the "
+            "embedding losses): tune it without --target-speedup / --prune-*, and prune a classification or "
+            "regression model"
+        )
     if config.full_finetune and (prune.any or resume):
         raise DSEEError(
             "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
@@ -84,6 +92,11 @@ def tune(
         run, data = resume_run(resume, base_model, train, eval, test, config, dsee)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
+    if data.task.spec.pair_similarity and not data.task.text_pair_column and not config.teacher:
+        raise DSEEError(
+            "single texts teach a sentence-embedding model nothing without a teacher: pass --teacher DIR (a "
+            "sentence-embedding model to learn from), or pairs (scored, or anchor and positive)"
+        )
     session = Session(run, config, prune)
     if config.teacher:  # loaded and checked before any training
         session.teacher = load_teacher(config.teacher, run.task, run.tokenizer)
@@ -117,6 +130,8 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
         fixed_task = columns_for(fixed_task, train_raw, train, config)  # a PEFT adapter names no columns
     if fixed_task is not None:
         task = replace(fixed_task, metric=config.metric) if config.metric else fixed_task
+    elif kind == FeatureExtraction.kind:
+        task = embedding_task(train_raw, train, config)
     elif kind != "auto" and get_task(kind).language_model:
         task = Task(
             kind=kind, text_column=config.text_column, max_length=config.max_length, metric=config.metric
@@ -141,11 +156,59 @@ def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig
         task = Task(
             kind, text, pair, label, names, config.max_length, metric=config.metric, label_values=values
         )
-    splits = ((train_raw, train), (eval_raw, eval), (test_raw, test))
+    splits = ((train_raw, train, task), (eval_raw, eval, task), (test_raw, test, task))
+    if task.spec.pair_similarity:  # plain text to learn from, scored pairs to select and test on: own columns
+        splits = (
+            (train_raw, train, task),
+            *((raw, src, scored_pairs(raw, src, task)) for raw, src, _ in splits[1:]),
+        )
     return Data(
         task,
-        lambda tok: tuple(encode(raw, tok, task, src) if raw is not None else None for raw, src in splits),
+        lambda tok: tuple(encode(raw, tok, t, src) if raw is not None else None for raw, src, t in splits),
     )
+
+
+def embedding_task(train_raw, train: str, config: TuneConfig):
+    """Sentence embeddings: the text column, the pair's second text where the data has one, and the score where
+    the pairs have one (--text-column, --text-pair-column, --label-column, or the usual names)."""
+    from ..data import Task
+
+    text, pair, label = _embedding_columns(
+        train_raw, train, config.text_column, config.text_pair_column, config.label_column
+    )
+    return Task(FeatureExtraction.kind, text, pair, label, [], config.max_length, metric=config.metric)
+
+
+def scored_pairs(raw, source: str | None, task):
+    """`task` with the columns of evaluation data `raw`: pairs with a score (what selects the checkpoint)."""
+    if raw is None:
+        return task
+    text, pair, label = _embedding_columns(raw, source, None, None, None)
+    if not (pair and label):
+        raise DSEEError(
+            f"'{source}' is evaluation data for sentence embeddings: pass pairs with a score (as SICK's "
+            f"sentence_A, sentence_B, relatedness_score), not {', '.join(raw.column_names)}"
+        )
+    return replace(task, text_column=text, text_pair_column=pair, label_column=label)
+
+
+def _embedding_columns(raw, source, text, pair, label) -> tuple:
+    from ..data import LABEL_COLUMNS, TEXT_COLUMNS
+
+    columns = raw.column_names
+    for flag, name in (("--text-column", text), ("--text-pair-column", pair), ("--label-column", label)):
+        if name is not None and name not in columns:
+            raise DSEEError(f"{flag} '{name}' is not a column of '{source}' (columns: {', '.join(columns)})")
+    if text is None:
+        found = next(((t, p) for t, p in TEXT_COLUMNS if t in columns and (p is None or p in columns)), None)
+        if found is None:
+            raise DSEEError(
+                f"'{source}' has no text column this tool recognises (columns: {', '.join(columns)}): pass "
+                f"--text-column (and --text-pair-column for pairs)"
+            )
+        text, pair = found[0], pair if pair is not None else found[1]
+    label = (label or next((c for c in LABEL_COLUMNS if c in columns), None)) if pair else None
+    return text, pair, label
 
 
 def columns_for(task, train_raw, train: str, config: TuneConfig):
@@ -177,6 +240,9 @@ def start(model_name: str, train, eval, test, config: TuneConfig, dsee: DSEEConf
     for target in dsee.target_modules:
         spec.site(target)  # unknown target names fail before the model loads
     data = read_data(train, eval, test, config)
+    if data.task.spec.pooled:  # pooled as the model's sentence-transformers config says, as export pools it
+        pooling, normalize = pooling_of(Path(model_path))
+        data.task = replace(data.task, pooling=pooling, normalize=normalize)
     model_config = load_config(model_path, data.task)
     tokenizer = load_tokenizer(model_path)
     from transformers import set_seed

@@ -38,7 +38,9 @@ def evaluate_runs(
     runtime.run_texts takes them. Every run after the first records its agreement with the first; after the
     second, with the second too (PyTorch, then the fp32 engine), under the key spec.agreement_with names."""
     spec = task.spec
-    predictions = {name: _predictions(spec, texts, encoder, feeds, run) for name, (feeds, run) in runs.items()}
+    predictions = {
+        name: _predictions(spec, texts, encoder, feeds, run) for name, (feeds, run) in runs.items()
+    }
     names = list(predictions)
     metrics = spec.reported_metrics(task.metric)
     results = {}
@@ -55,14 +57,18 @@ def evaluate_runs(
     return report
 
 
-def evaluate_retrieval(retrieval: tuple, encoder: TextEncoder, runs: dict[str, tuple[Callable, Callable]]) -> dict:
+def evaluate_retrieval(
+    retrieval: tuple, encoder: TextEncoder, runs: dict[str, tuple[Callable, Callable]]
+) -> dict:
     """nDCG@10 and recall@10 (x 100) per run of a sentence-embedding model on a BEIR-layout set
     (similarity.read_beir: corpus texts, query texts, relevance per query), the corpus ranked by cosine."""
     corpus, queries, relevant = retrieval
     results = {}
     for name, (feeds, run) in runs.items():
         scores = retrieval_scores(
-            run_texts(queries, encoder, feeds, run, BATCH), run_texts(corpus, encoder, feeds, run, BATCH), relevant
+            run_texts(queries, encoder, feeds, run, BATCH),
+            run_texts(corpus, encoder, feeds, run, BATCH),
+            relevant,
         )
         results[name] = {"metric": scores[RETRIEVAL_METRICS[0]], **scores}
     return {

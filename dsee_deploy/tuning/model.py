@@ -137,8 +137,15 @@ def train_head(model: nn.Module, missing_keys: list[str]) -> None:
     base checkpoint did not hold (a freshly initialised pooler would otherwise stay random)."""
     prefix = model.base_model_prefix + "."
     missing = set(missing_keys)
+    bare = (
+        model.base_model is model
+    )  # an encoder without a head (sentence embeddings): its names lack the prefix
     for name, param in model.named_parameters():
-        if not name.startswith(prefix) or name in missing:
+        if bare:  # nothing outside the base; its pooler is not what sentence embeddings pool: left as loaded
+            train = name in missing and not name.startswith("pooler.")
+        else:
+            train = not name.startswith(prefix) or name in missing
+        if train:
             param.requires_grad_(True)
 
 

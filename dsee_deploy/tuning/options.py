@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
-from ..tasks import CausalLM, Classification, Regression
+from ..tasks import CausalLM, Classification, FeatureExtraction, Regression
 
 FORMAT_VERSION = 1
 # DSEE's default peak learning rate: the best measured with the default rank and targets
 # (benchmarks/tuning/defaults_vs_recipe: 2e-3 over 1e-3 on SST-2).
 DSEE_LR = 2e-3
 # What dsee-tune trains: auto, or a task of the registry that has training data of its own.
-TASK_CHOICES = ("auto", Classification.kind, Regression.kind, CausalLM.kind)
+TASK_CHOICES = ("auto", Classification.kind, Regression.kind, CausalLM.kind, FeatureExtraction.kind)
 SCHEDULES = ("gradual", "oneshot")
 
 
@@ -22,7 +22,9 @@ class TuneConfig:
     task: str = field(
         default="auto",
         metadata={
-            "help": "auto: causal-lm for .txt, regression for non-integer labels, classification otherwise.",
+            "help": "auto: causal-lm for .txt, regression for non-integer labels, classification otherwise; "
+            "feature-extraction: sentence embeddings, from scored pairs, (anchor, positive) pairs, or text with "
+            "--teacher.",
             "choices": TASK_CHOICES,
             "group": "data and model",
         },
