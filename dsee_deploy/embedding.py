@@ -79,12 +79,8 @@ def embedding_trainer_class():
             self.task, self.distill = task, distill
             self.cosent, self.ranking = losses()
             self.teacher = None
-            if (
-                distill is not None
-            ):  # a dsee-deploy teacher is a SentenceEncoder: its encoder gives the states
-                self.teacher = (
-                    getattr(distill.teacher, "encoder", distill.teacher).eval().to(self.args.device)
-                )
+            if distill is not None:  # a SentenceEncoder (--teacher) or the unpruned encoder: its base model
+                self.teacher = distill.teacher.base_model.eval().to(self.args.device)
                 for p in self.teacher.parameters():
                     p.requires_grad_(False)
 

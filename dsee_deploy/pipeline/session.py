@@ -152,8 +152,11 @@ class Session:
             if self.test_ds is not None:
                 before.update(self.evaluate("test", self.test_ds))
             metrics["before_pruning"] = before
+        single_texts = run.task.spec.pair_similarity and not run.task.text_pair_column  # learn from a teacher only
         distilling = (
-            config.distill if config.distill is not None else bool(config.teacher or prune.target_speedup)
+            config.distill
+            if config.distill is not None
+            else bool(config.teacher or prune.target_speedup or single_texts)
         )
         teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
         batches = None

@@ -57,12 +57,6 @@ def tune(
             "--retune-rank grows the rank for re-tuning after pruning: pass --target-speedup or a --prune-* ratio "
             "with it (a fresh run takes --rank)"
         )
-    if config.task == FeatureExtraction.kind and prune.any:
-        raise DSEEError(
-            "pruning a sentence-embedding model is not supported yet (its importance and re-tuning need the "
-            "embedding losses): tune it without --target-speedup / --prune-*, and prune a classification or "
-            "regression model"
-        )
     if config.full_finetune and (prune.any or resume):
         raise DSEEError(
             "--full-finetune trains the dense baseline: it does not combine with pruning or --resume"
@@ -92,10 +86,22 @@ def tune(
         run, data = resume_run(resume, base_model, train, eval, test, config, dsee)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
-    if data.task.spec.pair_similarity and not data.task.text_pair_column and not config.teacher:
+    if data.task.spec.pair_similarity and prune.structured:
+        # Taylor scores need a loss at the dense model, and distillation from plain text has none there (the
+        # student is its teacher): heads and neurons are ranked by the magnitude of their weights with the update
+        if prune.importance == "taylor":
+            raise DSEEError(
+                "--importance taylor needs a loss at the dense model, which sentence embeddings distilled from "
+                "plain text do not have: use --importance wabs (the default for feature-extraction) or abs"
+            )
+        prune = replace(prune, importance=prune.importance or "wabs")
+    # single texts learn from a teacher: --teacher, or the unpruned model when pruning without tuning first
+    learns = config.teacher or (prune.any and config.epochs == 0)
+    if data.task.spec.pair_similarity and not data.task.text_pair_column and not learns:
         raise DSEEError(
             "single texts teach a sentence-embedding model nothing without a teacher: pass --teacher DIR (a "
-            "sentence-embedding model to learn from), or pairs (scored, or anchor and positive)"
+            "sentence-embedding model to learn from), pairs (scored, or anchor and positive), or prune with "
+            "--epochs 0 --retune-epochs N (distilled from the unpruned model)"
         )
     session = Session(run, config, prune)
     if config.teacher:  # loaded and checked before any training

@@ -216,9 +216,9 @@ def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads
     model.eval()
     with torch.no_grad():
         with gated(model, *gates_for(layers, n_heads, width), spec):
-            expected = model(**probe).logits
+            expected = _output(model(**probe))
         apply_structure(model, layers, spec)
-        got = model(**probe).logits
+        got = _output(model(**probe))
     model.train(was_training)
     for i, (block, entry) in enumerate(zip(spec.blocks(model), layers, strict=True)):
         out_f = projection_shape(get_module(block, spec.ffn_in))[0]
@@ -233,6 +233,11 @@ def shrink_checked(model: nn.Module, layers: list[dict], spec: ArchSpec, n_heads
             f"the physically pruned model differs from the masked one by {diff:.2e} (tolerance 1e-4): a surgery "
             f"bug for {model.config.model_type}; please report it with this checkpoint's pruning.json"
         )
+
+
+def _output(out):
+    """A task model's logits, or a bare encoder's token states (sentence embeddings are pooled from them)."""
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
 def _changed(config: PruneConfig) -> dict:
