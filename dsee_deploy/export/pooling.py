@@ -30,6 +30,21 @@ def pooling_of(model_dir: Path | None) -> tuple[str, bool]:
     return pooling, normalize
 
 
+def copy_sentence_config(model_dir: Path, out: Path) -> None:
+    """A fully fine-tuned sentence-embedding model keeps its base's sentence-transformers config (modules.json,
+    the pooling and normalize modules' folders, sentence_bert_config.json), where the base has one."""
+    import shutil
+
+    if not (model_dir / "modules.json").is_file():
+        return
+    for m in json.loads((model_dir / "modules.json").read_text()):
+        if m.get("path") and (model_dir / m["path"]).is_dir():
+            shutil.copytree(model_dir / m["path"], out / m["path"], dirs_exist_ok=True)
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+
+
 def sentence_length(model_dir: Path | None) -> int | None:
     """The max_seq_length a sentence-transformers directory declares (sentence_bert_config.json; sentence-
     transformers 5 also keeps it as the tokenizer's limit, which longest_input reads), None where none."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..export.pooling import copy_sentence_config
+from ..models import resolve_model
 from ..pruning.record import PruningRecord
 from ..tuning.config import DSEEConfig
 from ..tuning.options import TuneConfig
@@ -152,12 +154,7 @@ class Session:
             if self.test_ds is not None:
                 before.update(self.evaluate("test", self.test_ds))
             metrics["before_pruning"] = before
-        single_texts = run.task.spec.pair_similarity and not run.task.text_pair_column  # learn from a teacher only
-        distilling = (
-            config.distill
-            if config.distill is not None
-            else bool(config.teacher or prune.target_speedup or single_texts)
-        )
+        distilling = self.distilling()
         teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
         batches = None
         if prune.structured and prune.structured_importance() == "taylor":
@@ -220,6 +217,15 @@ class Session:
                 target_speedup=target.target_speedup, predicted_speedup=target.predicted_speedup
             )
         return metrics
+
+    def distilling(self) -> bool:
+        """Whether re-tuning after pruning learns from a teacher: --distill, else with --teacher, a speed target,
+        or single texts (a sentence-embedding model learns from nothing else)."""
+        config, task = self.config, self.run.task
+        if config.distill is not None:
+            return config.distill
+        single_texts = task.spec.pair_similarity and not task.text_pair_column
+        return bool(config.teacher or self.prune_config.target_speedup or single_texts)
 
     def choices(self) -> str:
         """The run's settings that no flag named, in one line, so that none is made in silence."""
@@ -352,8 +358,8 @@ class Session:
             # evaluation truncate there (architectures.longest_input reads it back)
             run.tokenizer.model_max_length = run.task.max_length
             run.tokenizer.save_pretrained(out)
-            if run.task.spec.pooled:
-                _copy_sentence_config(run.base["name_or_path"], out)
+            if run.task.spec.pooled:  # pooled as its base: what export pools with
+                copy_sentence_config(Path(resolve_model(run.base["name_or_path"])), out)
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         else:  # save_checkpoint writes metrics.json with the rest
             data = {k: str(Path(v).resolve()) for k, v in sources.items() if v and Path(v).exists()}
@@ -383,21 +389,3 @@ def _log(message: str) -> None:
 
     if is_main():  # one report of a distributed run
         print(message, file=sys.stderr, flush=True)
-
-
-def _copy_sentence_config(base: str, out: Path) -> None:
-    """A fully fine-tuned sentence-embedding model keeps its base's sentence-transformers config (pooling,
-    normalization: what export pools with), where the base has one."""
-    import shutil
-
-    from ..models import resolve_model
-
-    root = Path(resolve_model(base))
-    if not (root / "modules.json").is_file():
-        return
-    for m in json.loads((root / "modules.json").read_text()):
-        if m.get("path") and (root / m["path"]).is_dir():
-            shutil.copytree(root / m["path"], out / m["path"], dirs_exist_ok=True)
-    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
-        if (root / name).is_file():
-            shutil.copy2(root / name, out / name)

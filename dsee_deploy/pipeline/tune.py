@@ -86,7 +86,19 @@ def tune(
         run, data = resume_run(resume, base_model, train, eval, test, config, dsee)
     else:
         run, data = start(model or DEFAULT_MODEL, train, eval, test, config, dsee)
-    if data.task.spec.pair_similarity and prune.structured:
+    prune = embedding_checks(data.task, config, prune)
+    session = Session(run, config, prune)
+    if config.teacher:  # loaded and checked before any training
+        session.teacher = load_teacher(config.teacher, run.task, run.tokenizer)
+    return session.execute(data, target, started, {"train": train, "eval": eval})
+
+
+def embedding_checks(task, config: TuneConfig, prune):
+    """A sentence-embedding run's pruning options and its data, checked before anything slow: heads and neurons
+    ranked by wabs, and single texts only with a teacher."""
+    if not task.spec.pair_similarity:
+        return prune
+    if prune.structured:
         # Taylor scores need a loss at the dense model, and distillation from plain text has none there (the
         # student is its teacher): heads and neurons are ranked by the magnitude of their weights with the update
         if prune.importance == "taylor":
@@ -96,17 +108,13 @@ def tune(
             )
         prune = replace(prune, importance=prune.importance or "wabs")
     # single texts learn from a teacher: --teacher, or the unpruned model when pruning without tuning first
-    learns = config.teacher or (prune.any and config.epochs == 0)
-    if data.task.spec.pair_similarity and not data.task.text_pair_column and not learns:
+    if not task.text_pair_column and not (config.teacher or (prune.any and config.epochs == 0)):
         raise DSEEError(
             "single texts teach a sentence-embedding model nothing without a teacher: pass --teacher DIR (a "
             "sentence-embedding model to learn from), pairs (scored, or anchor and positive), or prune with "
             "--epochs 0 --retune-epochs N (distilled from the unpruned model)"
         )
-    session = Session(run, config, prune)
-    if config.teacher:  # loaded and checked before any training
-        session.teacher = load_teacher(config.teacher, run.task, run.tokenizer)
-    return session.execute(data, target, started, {"train": train, "eval": eval})
+    return prune
 
 
 def read_data(train: str, eval: str | None, test: str | None, config: TuneConfig, fixed_task=None) -> Data:
