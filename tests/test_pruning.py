@@ -150,7 +150,7 @@ def test_pruned_checkpoint_reloads_to_the_same_outputs(model_type, importance, t
         expected = model(**batch).logits
     out = save_pruned(tmp_path, model, tok, record, masks)
     reloaded, _, info2 = load_dsee(out)
-    assert info2["pruning"].layers == record.layers
+    assert info2["pruning"]["layers"] == record.layers
     merged, _ = load_merged(out)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, expected, **SAME_FUNCTION)

@@ -23,9 +23,8 @@ from .flags import add_fields, from_args
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsee-serve",
-        description="Serve a dsee-export engine over HTTP: POST /v1/predict (or /v1/embed and the OpenAI-compatible "
-        "/v1/embeddings), GET /v1/model, "
-        "/healthz, /readyz, /metrics.",
+        description="Serve a dsee-export engine over HTTP: POST /v1/predict (or /v1/embed and OpenAI's "
+        "/v1/embeddings), GET /v1/model, /healthz, /readyz, /metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
