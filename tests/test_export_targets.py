@@ -217,3 +217,32 @@ def test_int8_works_on_every_architecture(model_type, tiny_bases, tmp_path, caps
     checks = manifest["validation_reduced"]["checks"]
     shapes = 6 if model_type == "gpt2" else 3  # the KV-cache decoder: 3 runs at each of 2 shapes
     assert [c["output"] for c in checks] == ["logits"] * shapes  # names and shapes hold on every one
+
+
+def test_mean_pooling_takes_the_mask_back_when_the_graph_dropped_it(tmp_path):
+    """A sentence-embedding model pruned of every head attends to nothing, and the exporter drops the unused
+    attention_mask input (found pruning MiniLM to 2x with --head-share 0.2); mean pooling adds it back."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dsee_deploy.export.pooling import add_sentence_embedding
+
+    table = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
+        "no-attention",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [helper.make_tensor("table", TensorProto.FLOAT, table.shape, table.ravel())],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    add_sentence_embedding(path, "mean", True)
+    ids = np.array([[1, 2, 3], [4, 5, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    session = make_session(path)
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    pooled = session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    expected = (table[ids] * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(pooled, expected, atol=1e-6)

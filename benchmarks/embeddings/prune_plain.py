@@ -34,9 +34,12 @@ def main() -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--retune-epochs", default="2")
+    p.add_argument("--head-share", help="dsee-tune's --head-share (default 0.5)")
+    p.add_argument("--name", help="the run's name under --work (default xTARGET)")
     a = p.parse_args()
     bin_dir, work = Path(sys.executable).parent, Path(a.work)
-    ckpt, engine = work / f"x{a.target}", work / f"x{a.target}-engine"
+    name = a.name or f"x{a.target}"
+    ckpt, engine = work / name, work / f"{name}-engine"
     run(
         [
             str(bin_dir / "dsee-tune"),
@@ -63,6 +66,7 @@ def main() -> int:
             "--output",
             str(ckpt),
             "--overwrite",
+            *(["--head-share", a.head_share] if a.head_share else []),
         ]
     )
     # exit 1 where int8 loses more than a point of Spearman: the engines and the figures are written all the same
@@ -75,6 +79,7 @@ def main() -> int:
         "target_speedup": float(a.target),
         "text": a.text,
         "retune_epochs": a.retune_epochs,
+        "head_share": a.head_share or "0.5",
         "export_exit": exported,
         "pruning": json.loads((ckpt / "pruning.json").read_text()).get("target"),
         "heads": [layer["heads"] for layer in manifest["layers"]],
@@ -83,7 +88,7 @@ def main() -> int:
         "validate_data": manifest.get("validate_data"),
         "metrics": json.loads((ckpt / "metrics.json").read_text()),
     }
-    (work / f"x{a.target}.json").write_text(json.dumps(record, indent=2))
+    (work / f"{name}.json").write_text(json.dumps(record, indent=2))
     print(json.dumps({k: record[k] for k in ("heads", "ffn", "speedup")}, indent=1))
     return 0
 

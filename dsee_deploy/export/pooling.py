@@ -3,6 +3,7 @@ reference) and as nodes appended to the exported graph, so that serving needs no
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,6 +116,12 @@ def add_sentence_embedding(path: Path, pooling: str, normalize: bool) -> None:
         graph.initializer.append(helper.make_tensor("pool_first", TensorProto.INT64, [], [0]))
         nodes = [node("Gather", ["last_hidden_state", "pool_first"], ["pooled"], axis=1)]
     else:
+        if not any(i.name == "attention_mask" for i in graph.input):
+            # A model without a head left attends to nothing, and the exporter drops the unused mask; mean
+            # pooling still needs it, so it comes back as an input shaped as input_ids
+            mask = copy.deepcopy(next(i for i in graph.input if i.name == "input_ids"))
+            mask.name = "attention_mask"
+            graph.input.append(mask)
         nodes = [
             node("Cast", ["attention_mask"], ["pool_mask"], to=TensorProto.FLOAT),
             node("Unsqueeze", ["pool_mask", "pool_axis_last"], ["pool_mask3"]),
