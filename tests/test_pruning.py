@@ -235,3 +235,42 @@ def test_pruning_trains_only_the_dsee_updates_and_the_head(model_type, kind, tin
     assert all(".updates." in n or not n.startswith(prefix) for n in after), sorted(after)
     saved = {n for n in adapter_state(model) if not n.endswith("sparse_indices")}
     assert saved == after
+
+
+def test_fisher_scores_need_no_labels_and_rank_what_moves_the_output(tiny_bases):
+    """fisher importance draws outputs from the model itself: batches without labels score every head and
+    neuron, the same on every run, and a head whose output projection is zeroed (it cannot move the output)
+    scores 0 while the others do not."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from dsee_deploy.architectures import get_spec
+    from dsee_deploy.pruning.importance import structured_scores
+
+    model = AutoModel.from_pretrained(tiny_bases["bert"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bases["bert"])
+    spec = get_spec("bert")
+    batch = dict(
+        tokenizer(["the film was good", "a long and dull movie", "bad"], padding=True, return_tensors="pt")
+    )
+    heads = spec.num_heads(model.config)
+    size = spec.hidden_size(model.config) // heads
+    out_proj = model.encoder.layer[0].attention.output.dense
+    with torch.no_grad():
+        out_proj.weight[:, :size] = 0  # head 0 of layer 0 writes nothing
+    first = structured_scores(model, "fisher", [batch, batch], spec)
+    second = structured_scores(model, "fisher", [batch, batch], spec)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    head_scores, ffn_scores = first
+    assert head_scores[0, 0] == 0 and (head_scores[0, 1:] > 0).all() and (ffn_scores > 0).all()
+    pooled = structured_scores(
+        model, "fisher", [batch], spec, output=lambda m, b: m(**b).last_hidden_state[:, 0]
+    )
+    assert pooled[0].shape == head_scores.shape and not torch.equal(pooled[0], head_scores)
+
+
+def test_fisher_refuses_a_head_share():
+    from dsee_deploy.errors import ConfigError
+    from dsee_deploy.pruning import PruneConfig
+
+    with pytest.raises(ConfigError, match="fisher scores are on one scale"):
+        PruneConfig(target_speedup=2, importance="fisher", head_share=0.3)

@@ -177,3 +177,40 @@ def test_bench_scores_an_embedding_engine_on_a_beir_folder(tiny_bases, tmp_path,
     assert scored["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-6)
     assert scored["recall@10"] == pytest.approx(expected["recall@10"], abs=1e-6)
     assert "| ndcg@10 | recall@10 |" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_bench_times_embeddings_texts_in_beside_sentence_transformers(tiny_bases, tmp_path, capsys):
+    """With scored pairs, dsee-bench times sentence-embedding engines texts in (batch 1 and 32) and, beside
+    them, sentence-transformers' own backends of the dense model (a sentence-transformers directory), each
+    scored on the same pairs: sentence-transformers' PyTorch of the same model scores what our fp32 engine does."""
+    pytest.importorskip("sentence_transformers", reason="the 'embeddings' extra")
+    import dsee_deploy as dd
+    from dsee_deploy.cli.bench import main as bench
+    from dsee_deploy.cli.export import main as export
+
+    pairs, _ = _scored_pairs(tmp_path / "pairs.tsv")
+    st_dir = dd.to_sentence_transformers(tiny_bases["bert"], tmp_path / "st")
+    out = tmp_path / "fe"
+    code, _, err = run_cli(export, [st_dir, "--output", out, "--task", "feature-extraction"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(
+        bench,
+        ["--baseline", f"dense={out}", "--engine", f"again={out}", "--eval-data", pairs, "--rounds", "3",
+         "--batch-sizes", "1", "--seq-lens", "8", "--threads", "1", "--no-torch", "--output", tmp_path / "b"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    texts = json.loads((tmp_path / "b" / "results.json").read_text())["texts"]
+    rows = {(r["variant"], r["batch"]): r for r in texts["rows"]}
+    assert {"dense", "again", "st torch"} <= {name for name, _ in rows}
+    assert {batch for _, batch in rows} == {1, 32}
+    # Pearson moves with the cosines themselves; Spearman of ~40 pairs of a random tiny model also flips on
+    # near-ties, so it gets a point
+    ours, theirs = texts["quality"]["dense"], texts["quality"]["st torch"]
+    assert theirs["pearson"] == pytest.approx(ours["pearson"], abs=0.05)
+    assert theirs["spearman"] == pytest.approx(ours["spearman"], abs=1.0)
+    for batch in (1, 32):
+        row = rows[("again", batch)]
+        assert row["texts_per_s"] > 0 and row["vs_best_st"]["variant"].startswith("st ")
+        assert "vs_best_st" not in rows[("st torch", batch)]
+    assert "## Sentence embeddings, texts in" in (tmp_path / "b" / "report.md").read_text()

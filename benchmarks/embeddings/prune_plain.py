@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ def main() -> int:
     p.add_argument("--retune-epochs", default="2")
     p.add_argument("--head-share", help="dsee-tune's --head-share (default 0.5)")
     p.add_argument("--name", help="the run's name under --work (default xTARGET)")
+    p.add_argument("--tune-args", default="", help="more dsee-tune arguments, one string (e.g. '--importance fisher')")
     a = p.parse_args()
     bin_dir, work = Path(sys.executable).parent, Path(a.work)
     name = a.name or f"x{a.target}"
@@ -67,6 +69,7 @@ def main() -> int:
             str(ckpt),
             "--overwrite",
             *(["--head-share", a.head_share] if a.head_share else []),
+            *shlex.split(a.tune_args),
         ]
     )
     # exit 1 where int8 loses more than a point of Spearman: the engines and the figures are written all the same
@@ -80,6 +83,7 @@ def main() -> int:
         "text": a.text,
         "retune_epochs": a.retune_epochs,
         "head_share": a.head_share or "0.5",
+        "tune_args": a.tune_args,
         "export_exit": exported,
         "pruning": json.loads((ckpt / "pruning.json").read_text()).get("target"),
         "heads": [layer["heads"] for layer in manifest["layers"]],

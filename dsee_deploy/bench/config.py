@@ -52,6 +52,14 @@ class BenchConfig:
             "flag": "--torch",
         },
     )
+    st_backends: bool = field(
+        default=True,
+        metadata={
+            "help": "Sentence-embedding engines with --eval-data: time sentence-transformers' own backends of the "
+            "dense model beside them (torch, ONNX int8, OpenVINO int8; those installed), texts in.",
+            "flag": "--st-backends",
+        },
+    )
     profile: bool = field(
         default=False,
         metadata={"help": "Also profile each ONNX engine at the first shape (time per operator type)."},

@@ -117,6 +117,11 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> Bench
         }
     if options.eval_data and not causal:
         results.accuracy = accuracy(variants, eval_data)
+        from .texts import time_texts
+
+        results.texts = time_texts(
+            variants, eval_data, source_of(variants[0]), options, spin_us, options.st_backends
+        )
     return results
 
 

@@ -14,6 +14,11 @@ predicted_speedup were named target and predicted):
                --eval-data): `metric` is the one that selected the checkpoint and `value` its score; beside them
                every metric the task reports, by name (accuracy for classification; pearson and spearman for
                regression), x 100; `majority`: the scores of always answering the data's most frequent label
+  texts        (sentence-embedding engines with --eval-data; bench/texts.py) {texts, baseline, quality: {variant:
+               {spearman, pearson} or {ndcg@10, recall@10}}, rows: [{variant, batch, texts, ms_per_text,
+               texts_per_s, speedup (against baseline), vs_best_st: {variant, median, min, max, rounds}}],
+               st_skipped: {backend: why it was not timed}}:
+               texts in, tokenization counted, beside sentence-transformers' backends ("st ...")
 
 Tables show the task's metrics in their metric columns and the plot draws the task's; report.md says in one
 line which promised plot was not drawn, and why.
@@ -55,6 +60,7 @@ def write_markdown(results: dict, path: Path) -> None:
     for shape in sorted({(t["batch"], t["seq"]) for t in results["timings"]}):
         lines += _shape(results, *shape)
     lines += _generation(results)
+    lines += _texts(results)
     lines += ["", "Speed-up cells: median (min-max over rounds).", ""]
     lines += _targets(results)
     lines += _profile(results)
@@ -193,6 +199,41 @@ def _generation(results: dict) -> list[str]:
             + " | ".join(cells)
             + (f" | {p:.2f} |" if ppl and p else (" | |" if ppl else " |"))
         )
+    return lines
+
+
+def _texts(results: dict) -> list[str]:
+    """Sentence embeddings timed texts in, beside sentence-transformers' backends of the dense model."""
+    section = results.get("texts")
+    if not section:
+        return []
+    metrics = list(next(iter(section["quality"].values())))
+    lines = [
+        "",
+        f"## Sentence embeddings, texts in (tokenization and pooling counted; {section['texts']:,} evaluation "
+        f"texts)",
+        "",
+        "Batch 1: ms per text, one text a call; batch 32: texts per second. `st ...`: sentence-transformers' "
+        "backends of the dense model.",
+        "",
+        f"| variant | batch | ms / text | texts / s | x vs {section['baseline']} | x vs best st backend | "
+        + " | ".join(metrics)
+        + " |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in metrics) + " |",
+    ]
+    for row in section["rows"]:
+        best = row.get("vs_best_st")
+        quality = section["quality"].get(row["variant"], {})
+        lines.append(
+            f"| {row['variant']} | {row['batch']} | {row['ms_per_text']:.2f} | {row['texts_per_s']:.1f} | "
+            f"{row['speedup']:.2f} | "
+            + (f"{best['median']:.2f} ({best['variant']})" if best else "")
+            + " | "
+            + " | ".join(f"{quality[m]:.2f}" if m in quality else "" for m in metrics)
+            + " |"
+        )
+    for name, why in section.get("st_skipped", {}).items():
+        lines += ["", f"{name}: not timed: {why}."]
     return lines
 
 

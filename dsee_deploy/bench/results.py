@@ -32,6 +32,7 @@ class BenchResults:
     generation: dict | None = None
     perplexity: dict | None = None
     profile: dict | None = None
+    texts: dict | None = None  # sentence embeddings timed texts in, beside sentence-transformers' backends
     schema: str = SCHEMA
     output: Path | None = field(default=None, metadata={"saved": False})  # where it was written, if anywhere
 

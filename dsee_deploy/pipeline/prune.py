@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DSEEError, require_extra
 from ..pruning.config import PruneConfig
+from ..pruning.importance import GRADIENT
 
 
 def prune(
@@ -53,7 +54,7 @@ def prune(
         previous = read_pruning(ckpt)
         task = Task.from_dict(info["task"])
         batches = None
-        if config.structured and config.structured_importance() == "taylor":
+        if config.structured and config.structured_importance() in GRADIENT:
             batches = _taylor_batches(
                 train or info.get("data", {}).get("train"), tokenizer, task, config, batch_size
             )
@@ -84,8 +85,8 @@ def _taylor_batches(source: str | None, tokenizer, task, config: PruneConfig, ba
 
     if not source or not Path(source).exists():
         raise DSEEError(
-            "taylor importance needs training data and the checkpoint's recorded data was not found: pass "
-            "--train, or --importance wabs"
+            f"{config.structured_importance()} importance needs training data and the checkpoint's recorded data "
+            f"was not found: pass --train, or --importance wabs"
         )
     raw = read_table(source, "--train")
     ds = encode(raw.select(range(min(config.taylor_samples, len(raw)))), tokenizer, task, source)

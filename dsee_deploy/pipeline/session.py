@@ -144,6 +144,7 @@ class Session:
     def prune_and_retune(self) -> dict:
         """Prune (taylor scores on the training data where asked), then re-tune; what it records in metrics."""
         from ..pruning import choose_layout, format_report, prune_model
+        from ..pruning.importance import GRADIENT
         from ..training import importance_batches
         from ..tuning import count_parameters
 
@@ -157,7 +158,7 @@ class Session:
         distilling = self.distilling()
         teacher = (self.teacher or copy.deepcopy(run.model)) if distilling else None
         batches = None
-        if prune.structured and prune.structured_importance() == "taylor":
+        if prune.structured and prune.structured_importance() in GRADIENT:
             batches = importance_batches(
                 self.train_ds, run.tokenizer, run.task, prune.taylor_samples, config.batch_size
             )
@@ -178,7 +179,7 @@ class Session:
         fade_steps = max(1, round(config.max_steps * config.prune_warmup)) if config.max_steps > 0 else None
         final_steps = max(1, config.max_steps - (fade_steps or 0)) if config.max_steps > 0 else None
         if gradual:
-            layout, planned = choose_layout(run.model, prune, batches, log=_log)
+            layout, planned = choose_layout(run.model, prune, batches, log=_log, output=self.scored_output())
             fade = retune * config.prune_warmup
             self.fade_out(layout, fade, self.distillation(teacher, layout), fade_steps)
         run.pruning, new_masks = prune_model(
@@ -217,6 +218,16 @@ class Session:
                 target_speedup=target.target_speedup, predicted_speedup=target.predicted_speedup
             )
         return metrics
+
+    def scored_output(self):
+        """What fisher importance sees of the model: a sentence-embedding model's pooled embeddings (None:
+        its own output)."""
+        task = self.run.task
+        if not task.spec.pair_similarity:
+            return None
+        from ..embedding import pooled
+
+        return lambda model, batch: pooled(model, batch, task.pooling, task.normalize)[0]
 
     def distilling(self) -> bool:
         """Whether re-tuning after pruning learns from a teacher: --distill, else with --teacher, a speed target,

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..architectures import TARGETS
 from ..errors import ConfigError, versioned_fields
 from ..speed.key import PRECISIONS, SpeedKey
-from .importance import STRUCTURED, UNSTRUCTURED
+from .importance import GRADIENT, STRUCTURED, UNSTRUCTURED
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # version 1 had no speed target
@@ -51,7 +51,8 @@ class PruneConfig:
     importance: str = field(
         default="",
         metadata={
-            "help": "Scores: abs (|update|), wabs (|W + update|), taylor (|dL/dgate|, structured only). "
+            "help": "Scores: abs (|update|), wabs (|W + update|), taylor (|dL/dgate|, structured only), fisher "
+            "((dlog p/dgate)^2 with outputs drawn from the model: no labels; structured only). "
             "Default: taylor for heads/FFN, wabs for unstructured.",
             "choices": STRUCTURED,
         },
@@ -80,7 +81,7 @@ class PruneConfig:
         },
     )
     taylor_samples: int = field(
-        default=512, metadata={"help": "Training examples scored for taylor importance."}
+        default=512, metadata={"help": "Training examples scored for taylor and fisher importance."}
     )
     flops_seq_len: int = field(
         default=128, metadata={"help": "Sequence length of the FLOPs in pruning.json."}
@@ -108,9 +109,10 @@ class PruneConfig:
             raise ConfigError("--latency-batch must be >= 1, --latency-seq-len >= 2, --latency-threads >= 0")
         if self.importance and self.importance not in STRUCTURED:
             raise ConfigError(f"--importance must be one of {', '.join(STRUCTURED)}, got '{self.importance}'")
-        if self.unstructured and self.importance == "taylor":
+        if self.unstructured and self.importance in GRADIENT:
             raise ConfigError(
-                f"--importance taylor scores heads and neurons; unstructured pruning takes {UNSTRUCTURED}"
+                f"--importance {self.importance} scores heads and neurons; unstructured pruning takes "
+                f"{', '.join(UNSTRUCTURED)}"
             )
         if not 0 < self.head_share < 1:
             raise ConfigError(
@@ -119,6 +121,11 @@ class PruneConfig:
         if self.head_share != EQUAL_SHARE and not self.target_speedup:
             raise ConfigError(
                 "--head-share weighs heads in the speed-target search: add --target-speedup or drop it"
+            )
+        if self.head_share != EQUAL_SHARE and self.importance == "fisher":
+            raise ConfigError(
+                "--head-share weighs heads against neurons for abs, wabs and taylor scores; fisher scores are "
+                "on one scale already (an expected loss increase): drop --head-share or pick another --importance"
             )
         if self.scope not in SCOPES:
             raise ConfigError(f"--prune-scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")

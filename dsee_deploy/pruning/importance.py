@@ -6,6 +6,12 @@ Structured, per head and per FFN neuron:
     wabs    the same over |W + update| ("WABS")
     taylor  first-order |dL/dm| of a gate m on each head and neuron, summed over batches of training data; the
             weight-only scores are known to be weak (Michel et al., 2019)
+    fisher  the Fisher information of each gate under the model's own output distribution, E[(d log p(y|x)/dm)^2]
+            with y drawn from the model, not from labels (Kwon et al., 2022): needs texts only. For a sentence
+            embedding e, a unit Gaussian around it, which makes the score E||de/dm||^2, the first-order change of
+            the embedding when the gate closes; for classification and LM, labels sampled from the predictions;
+            for regression, a unit Gaussian around the output. Scores of heads and neurons are on one scale (an
+            expected loss increase), so the layout search takes them as they are
 Unstructured, per weight: abs is |update| for tuned matrices and |W| for frozen ones; wabs is |W + update|.
 """
 
@@ -19,7 +25,8 @@ from ..architectures import ArchSpec, get_module, get_spec
 from ..tuning.layer import DSEELayer
 from .gates import gated, structure_sizes
 
-STRUCTURED = ("abs", "wabs", "taylor")
+STRUCTURED = ("abs", "wabs", "taylor", "fisher")
+GRADIENT = ("taylor", "fisher")  # scores that run the model on batches of data
 UNSTRUCTURED = ("abs", "wabs")
 
 
@@ -40,13 +47,17 @@ def effective_weight(module: nn.Module, importance: str) -> torch.Tensor:
 
 
 def structured_scores(
-    model: nn.Module, importance: str, batches=None, spec: ArchSpec | None = None
+    model: nn.Module, importance: str, batches=None, spec: ArchSpec | None = None, output=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(head scores (L, H), FFN neuron scores (L, F)) of a dense model; larger is more important."""
+    """(head scores (L, H), FFN neuron scores (L, F)) of a dense model; larger is more important. `output`
+    (model, batch) -> tensor: what fisher scores see of a bare encoder (its sentence embeddings; default: the
+    mean of its token states)."""
     spec = spec or get_spec(model.config.model_type)
-    if importance == "taylor":
+    if importance in GRADIENT:
         if batches is None:
-            raise ValueError("taylor importance needs training batches")
+            raise ValueError(f"{importance} importance needs batches of data")
+        if importance == "fisher":
+            return fisher_scores(model, batches, spec, output)
         return taylor_scores(model, batches, spec)
     layers, n_heads, _ = structure_sizes(model, spec)
     head_size = spec.hidden_size(model.config) // n_heads
@@ -84,3 +95,53 @@ def taylor_scores(model: nn.Module, batches, spec: ArchSpec) -> tuple[torch.Tens
             ffn_scores += ffn_grad.abs().cpu()
     model.train(was_training)
     return head_scores, ffn_scores
+
+
+def fisher_scores(
+    model: nn.Module, batches, spec: ArchSpec, output=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulated (d log p(y|x)/dm)^2 for gates m = 1, y drawn from the model's own output (module notes), over
+    `batches` (their labels are not used). One draw per example; the batch's gradient is squared whole: the
+    cross terms between examples have expectation zero, as each draw's score has."""
+    layers, n_heads, width = structure_sizes(model, spec)
+    head_gates = torch.ones(layers, n_heads, requires_grad=True)
+    ffn_gates = torch.ones(layers, width, requires_grad=True)
+    head_scores, ffn_scores = torch.zeros(layers, n_heads), torch.zeros(layers, width)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)  # the same draws on every run
+    with gated(model, head_gates, ffn_gates, spec):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            log_likelihood = _sampled_log_likelihood(model, batch, output, generator)
+            head_grad, ffn_grad = torch.autograd.grad(log_likelihood, (head_gates, ffn_gates))
+            head_scores += head_grad.pow(2).cpu()
+            ffn_scores += ffn_grad.pow(2).cpu()
+    model.train(was_training)
+    return head_scores, ffn_scores
+
+
+def _sampled_log_likelihood(model: nn.Module, batch: dict, output, generator) -> torch.Tensor:
+    """log p(y|x) summed over the batch, y drawn from the model's output distribution (up to a constant)."""
+    if output is not None:
+        return _gaussian(output(model, batch), generator)
+    out = model(**batch)
+    logits = getattr(out, "logits", None)
+    if logits is None:  # a bare encoder: the mean of its token states
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return _gaussian((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1), generator)
+    if logits.shape[-1] == 1:  # regression
+        return _gaussian(logits, generator)
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    drawn = torch.multinomial(log_p.detach().exp().reshape(-1, log_p.shape[-1]), 1, generator=generator)
+    picked = log_p.reshape(-1, log_p.shape[-1]).gather(1, drawn).squeeze(1)
+    if logits.dim() == 3:  # a language model: every real position
+        picked = picked * batch["attention_mask"].reshape(-1).to(picked.dtype)
+    return picked.sum()
+
+
+def _gaussian(values: torch.Tensor, generator) -> torch.Tensor:
+    """log N(y; values, I) with y drawn from it, up to a constant: its gradient is J^T v, v = y - values."""
+    noise = torch.randn(values.shape, generator=generator, device=values.device, dtype=values.dtype)
+    return (noise * values).sum()

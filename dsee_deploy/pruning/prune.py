@@ -154,24 +154,28 @@ def _count(record: PruningRecord, model: nn.Module, spec: ArchSpec, dense_params
 
 
 def choose_layout(
-    model: nn.Module, config: PruneConfig, batches=None, log=print
+    model: nn.Module, config: PruneConfig, batches=None, log=print, output=None
 ) -> tuple[list[dict], SpeedTarget | None]:
     """What structured pruning of the (unshrunk) `model` keeps, {"kept_heads", "kept_ffn"} per layer, and for a
-    speed target its record (target, predicted speed-up, the latency model it was predicted by)."""
+    speed target its record (target, predicted speed-up, the latency model it was predicted by). `output`: what
+    fisher scores see of a bare encoder (structured_scores)."""
     spec = get_spec(model.config.model_type)
     importance = config.structured_importance()
     # Under torchrun every process scores its own copy; all must cut the same heads: the main one decides.
-    head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec))
+    head_scores, ffn_scores = from_main(structured_scores(model, importance, batches, spec, output))
     if config.target_speedup:
         # The search weighs heads against FFN neurons. Raw scores do not compare: the sum of |dL/dm| over a
         # layer's 1536 neurons dwarfs that over its 12 heads (on MiniLM SST-2 raw taylor scores cut 68 of 72
         # heads for a 2x target). So each layer's scores are normalised as the global ranking normalises them,
         # then the heads are scaled to a total of --head-share and the neurons to the rest (by default all heads
         # are worth as much as all neurons); within a kind the layers and units keep their relative importance.
+        # Fisher scores are one quantity (the expected increase of the loss when a unit goes) for heads, neurons
+        # and every layer: they are compared as they are.
         if importance == "taylor":
             head_scores, ffn_scores = normalise_per_layer(head_scores), normalise_per_layer(ffn_scores)
-        head_scores = config.head_share * head_scores / head_scores.sum().clamp_min(1e-12)
-        ffn_scores = (1 - config.head_share) * ffn_scores / ffn_scores.sum().clamp_min(1e-12)
+        if importance != "fisher":
+            head_scores = config.head_share * head_scores / head_scores.sum().clamp_min(1e-12)
+            ffn_scores = (1 - config.head_share) * ffn_scores / ffn_scores.sum().clamp_min(1e-12)
         # The latency model is measured (or read from the cache) once, by the main process.
         latency = from_main(latency_for(model, config, log) if is_main() else None)
         aim = aim_for(config.target_speedup, latency, config.min_heads, config.min_ffn)
