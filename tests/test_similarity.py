@@ -183,7 +183,7 @@ def test_bench_times_embeddings_texts_in_beside_sentence_transformers(tiny_bases
     """With scored pairs, dsee-bench times sentence-embedding engines texts in (batch 1 and 32) and, beside
     them, sentence-transformers' own backends of the dense model (a sentence-transformers directory), each
     scored on the same pairs: sentence-transformers' PyTorch of the same model scores what our fp32 engine does."""
-    pytest.importorskip("sentence_transformers", reason="the 'embeddings' extra")
+    sentence_transformers = pytest.importorskip("sentence_transformers", reason="the 'embeddings' extra")
     import dsee_deploy as dd
     from dsee_deploy.cli.bench import main as bench
     from dsee_deploy.cli.export import main as export
@@ -213,4 +213,5 @@ def test_bench_times_embeddings_texts_in_beside_sentence_transformers(tiny_bases
         row = rows[("again", batch)]
         assert row["texts_per_s"] > 0 and row["vs_best_st"]["variant"].startswith("st ")
         assert "vs_best_st" not in rows[("st torch", batch)]
+    assert texts["versions"]["sentence-transformers"] == sentence_transformers.__version__
     assert "## Sentence embeddings, texts in" in (tmp_path / "b" / "report.md").read_text()

@@ -17,7 +17,7 @@ predicted_speedup were named target and predicted):
   texts        (sentence-embedding engines with --eval-data; bench/texts.py) {texts, baseline, quality: {variant:
                {spearman, pearson} or {ndcg@10, recall@10}}, rows: [{variant, batch, texts, ms_per_text,
                texts_per_s, speedup (against baseline), vs_best_st: {variant, median, min, max, rounds}}],
-               st_skipped: {backend: why it was not timed}}:
+               st_skipped: {backend: why it was not timed}, versions: {package: version}}:
                texts in, tokenization counted, beside sentence-transformers' backends ("st ...")
 
 Tables show the task's metrics in their metric columns and the plot draws the task's; report.md says in one
@@ -234,6 +234,8 @@ def _texts(results: dict) -> list[str]:
         )
     for name, why in section.get("st_skipped", {}).items():
         lines += ["", f"{name}: not timed: {why}."]
+    if section.get("versions"):
+        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in section["versions"].items()) + "."]
     return lines
 
 

@@ -196,6 +196,7 @@ def time_texts(
         "rows": [],
         "quality": {},
         "st_skipped": {},
+        "versions": _versions(),
     }
     with tempfile.TemporaryDirectory(prefix="dsee-bench-st-") as work:
         if st_backends:
@@ -231,6 +232,19 @@ def _timed(embedders: dict, chosen: list[str], batch: int, options, bar, baselin
             row["vs_best_st"] = {"variant": best_st, **speedup(timings[best_st], timing)}
         rows.append(row)
     return rows
+
+
+def _versions() -> dict:
+    """The versions of what sentence-transformers' backends run on, those installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("sentence-transformers", "optimum", "optimum-onnx", "optimum-intel", "openvino", "nncf"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def _embeds(variant: Variant) -> bool:
