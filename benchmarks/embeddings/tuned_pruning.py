@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ def main() -> int:
     p.add_argument("--targets", default="3,5")
     p.add_argument("--epochs", default="1")
     p.add_argument("--retune-epochs", default="2")
+    p.add_argument(
+        "--tune-args", default="", help="more dsee-tune arguments for the pruning runs, one string"
+    )
+    p.add_argument("--name", default="", help="a suffix for the pruned runs and the record (default none)")
     a = p.parse_args()
     work, bin_dir = Path(a.work), Path(sys.executable).parent
     work.mkdir(parents=True, exist_ok=True)
@@ -55,11 +60,11 @@ def main() -> int:
         "pruned": {},
     }
     for target in a.targets.split(","):
-        out, engine = work / f"emb-x{target}", work / f"emb-x{target}-engine"
+        out, engine = work / f"emb-x{target}{a.name}", work / f"emb-x{target}{a.name}-engine"
         run(
             [str(bin_dir / "dsee-tune"), "--resume", str(tuned), *data, *flags, "--epochs", "0",
              "--retune-epochs", a.retune_epochs, "--target-speedup", target, "--teacher", str(tuned),
-             "--latency-threads", "1", "--output", str(out)]
+             "--latency-threads", "1", "--output", str(out), *shlex.split(a.tune_args)]
         )  # fmt: skip
         export = [str(bin_dir / "dsee-export"), str(out), "--output", str(engine), "--quantize", "int8"]
         exported = run(
@@ -74,7 +79,8 @@ def main() -> int:
             "validate_data": manifest.get("validate_data"),
             "metrics": json.loads((out / "metrics.json").read_text()),
         }
-        (work / "tuned-pruning.json").write_text(json.dumps(record, indent=2))
+        record["tune_args"] = a.tune_args
+        (work / f"tuned-pruning{a.name}.json").write_text(json.dumps(record, indent=2))
     return 0
 
 
