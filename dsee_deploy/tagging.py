@@ -154,3 +154,43 @@ def align(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
         out.append(IGNORED if word is None or word == previous else word_labels[word])
         previous = word
     return out
+
+
+def word_tags(
+    predictions: list[list[int]], labels: list[list[int]], names: list[str]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(true tags, predicted tags) per sentence at word level: the pieces whose label is not IGNORED (each word's
+    first piece), from label ids aligned by `align` and the ids predicted for the same pieces."""
+    true, predicted = [], []
+    for pred_row, label_row in zip(predictions, labels, strict=True):
+        kept = [(p, g) for p, g in zip(pred_row, label_row, strict=False) if g != IGNORED]
+        true.append([names[g] for _, g in kept])
+        predicted.append([names[p] for p, _ in kept])
+    return true, predicted
+
+
+def entity_scores(true: list[list[str]], predicted: list[list[str]], scheme: str = "IOB2") -> dict:
+    """Entity-level precision, recall and F1 (x 100; an entity counts when its span and type are exact), and the
+    same per entity type, computed by seqeval as conlleval computes them (BIOES read in seqeval's strict mode,
+    which conlleval does not know)."""
+    from seqeval.metrics import classification_report
+
+    kwargs = {}
+    if scheme == "BIOES":
+        from seqeval.scheme import IOBES
+
+        kwargs = {"mode": "strict", "scheme": IOBES}
+    report = classification_report(true, predicted, output_dict=True, zero_division=0, **kwargs)
+    overall = report["micro avg"]
+    per_type = {
+        name: {"precision": 100 * r["precision"], "recall": 100 * r["recall"], "f1": 100 * r["f1-score"],
+               "support": int(r["support"])}
+        for name, r in report.items()
+        if not name.endswith(" avg")
+    }  # fmt: skip
+    return {
+        "f1": 100 * overall["f1-score"],
+        "precision": 100 * overall["precision"],
+        "recall": 100 * overall["recall"],
+        "per_type": per_type,
+    }

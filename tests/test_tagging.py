@@ -13,11 +13,13 @@ from dsee_deploy.errors import DSEEError
 from dsee_deploy.tagging import (
     IGNORED,
     align,
+    entity_scores,
     label_list,
     looks_like_conll,
     read_conll,
     read_tagged_jsonl,
     scheme_of,
+    word_tags,
 )
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -129,3 +131,22 @@ def test_jsonl_with_unequal_lists_is_refused(tmp_path):
     path.write_text(json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n")
     with pytest.raises(DSEEError, match="has 2 tokens and 1 tags"):
         read_tagged_jsonl(path)
+
+
+def test_entity_scores_count_exact_spans_and_types():
+    """Two of three true entities found exactly, one found with the wrong span, one invented: precision 2/4,
+    recall 2/3, per type as conlleval counts it."""
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "O"]]
+    predicted = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "I-ORG", "B-MISC"]]
+    scores = entity_scores(true, predicted)
+    assert scores["precision"] == pytest.approx(50.0)
+    assert scores["recall"] == pytest.approx(200 / 3)
+    assert scores["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3) * 100)
+    assert scores["per_type"]["PER"]["f1"] == pytest.approx(100.0)
+    assert scores["per_type"]["ORG"]["f1"] == 0 and scores["per_type"]["ORG"]["support"] == 1
+
+
+def test_word_tags_read_each_words_first_piece():
+    labels = [[IGNORED, 1, IGNORED, 0, IGNORED]]  # [CLS] word1 ##piece word2 [SEP]
+    predictions = [[0, 1, 2, 2, 0]]
+    assert word_tags(predictions, labels, ["O", "B-PER", "I-PER"]) == ([["B-PER", "O"]], [["B-PER", "I-PER"]])
