@@ -44,6 +44,16 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path  # a hub id: works where a network exists
 
 
+def local_dir(name_or_path: str) -> Path | None:
+    """The model's directory, where it is local (a name resolved as resolve_model resolves it); None where it
+    is not (a Hub name: nothing is downloaded)."""
+    try:
+        path = Path(resolve_model(name_or_path))
+    except DSEEError:
+        return None
+    return path if path.is_dir() else None
+
+
 def load_config(name_or_path: str, task: Task | None = None):
     from transformers import AutoConfig
 

@@ -34,7 +34,7 @@ from ..data import Task
 from ..errors import DSEEError, require_extra
 from ..export.pooling import pooling_of, sentence_encoder
 from ..manifest import Manifest
-from ..models import packaged_model, resolve_model
+from ..models import local_dir, packaged_model
 from ..outputs import Output
 from ..surgery import AttentionSkip
 from ..tasks import FeatureExtraction
@@ -112,7 +112,7 @@ def _load(src: Path, base_model: str | None) -> _Encoder:
     if is_peft_adapter(src) or (src / CONFIG_FILE).is_file():
         model, tokenizer, info = load_dsee(src, base_model)
         encoder = unwrap_dsee(model).base_model.float().eval()
-        pooling, normalize = pooling_of(_local_dir(base_model or info["base_model"]["name_or_path"]))
+        pooling, normalize = pooling_of(local_dir(base_model or info["base_model"]["name_or_path"]))
         return _Encoder(encoder, tokenizer, pooling, normalize, Task.from_dict(info["task"]).max_length)
     if not (src / "config.json").is_file():
         raise DSEEError(
@@ -135,15 +135,6 @@ def _load(src: Path, base_model: str | None) -> _Encoder:
     tokenizer = load_tokenizer(str(src))
     # As dsee-export takes a plain model's length: its tokenizer's limit, within its positions.
     return _Encoder(encoder, tokenizer, *pooling_of(src), longest_input(config, tokenizer))
-
-
-def _local_dir(name_or_path: str) -> Path | None:
-    """The base model's directory, where it is local (its sentence-transformers config sets the pooling)."""
-    try:
-        path = Path(resolve_model(name_or_path))
-    except DSEEError:
-        return None
-    return path if path.is_dir() else None
 
 
 def _loadable(encoder):

@@ -11,6 +11,7 @@ from typing import Any
 from ..architectures import longest_input
 from ..data import Task
 from ..errors import DSEEError
+from ..models import local_dir
 from ..tasks import FeatureExtraction, get_task, task_of_model
 
 
@@ -39,7 +40,7 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
     if is_peft_adapter(src):
         model, tokenizer, info = load_dsee(src, base_model)
         model, task, pruning = unwrap_dsee(model), Task.from_dict(info["task"]), None
-        base_dir = _local_dir(info["base_model"]["name_or_path"])
+        base_dir = local_dir(info["base_model"]["name_or_path"])
     elif not (src / "config.json").is_file():
         raise DSEEError(
             f"'{src}' is neither a dsee-tune checkpoint nor a transformers model directory (no config.json)"
@@ -48,7 +49,7 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
         info = read_checkpoint_info(src)
         model, tokenizer = load_merged(src, base_model)
         task, pruning = Task.from_dict(info["task"]), read_pruning(src)
-        base_dir = _local_dir(base_model or info["base_model"]["name_or_path"])
+        base_dir = local_dir(base_model or info["base_model"]["name_or_path"])
     elif (src / "adapter.safetensors").is_file():  # a DSEE checkpoint that lost its record
         raise DSEEError(
             f"checkpoint '{src}' has adapter.safetensors but no {CONFIG_FILE}: it is an incomplete dsee-tune "
@@ -76,17 +77,6 @@ def load_source(src: Path, config, base_model: str | None = None) -> Source:
             label_names=[],
         )
     return Source(src, model, tokenizer, task, pruning)
-
-
-def _local_dir(name_or_path: str) -> Path | None:
-    """The base model's directory, where it is local (its sentence-transformers config sets the pooling)."""
-    from ..models import resolve_model
-
-    try:
-        path = Path(resolve_model(name_or_path))
-    except DSEEError:
-        return None
-    return path if path.is_dir() else None
 
 
 def _load_plain(src: Path, requested: str):
