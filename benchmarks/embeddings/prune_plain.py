@@ -37,7 +37,9 @@ def main() -> int:
     p.add_argument("--retune-epochs", default="2")
     p.add_argument("--head-share", help="dsee-tune's --head-share (default 0.5)")
     p.add_argument("--name", help="the run's name under --work (default xTARGET)")
-    p.add_argument("--tune-args", default="", help="more dsee-tune arguments, one string (e.g. '--importance fisher')")
+    p.add_argument(
+        "--tune-args", default="", help="more dsee-tune arguments, one string (e.g. '--importance fisher')"
+    )
     a = p.parse_args()
     bin_dir, work = Path(sys.executable).parent, Path(a.work)
     name = a.name or f"x{a.target}"
