@@ -15,18 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SICK = ROOT.parent / "shared" / "data" / "sick"
-
-
-def run(argv: list[str], check: bool = True) -> int:
-    print("$", " ".join(argv), flush=True)
-    return subprocess.run(argv, check=check).returncode
+from common import BIN, SICK, run
 
 
 def main() -> int:
@@ -41,7 +34,7 @@ def main() -> int:
         "--tune-args", default="", help="more dsee-tune arguments, one string (e.g. '--importance fisher')"
     )
     a = p.parse_args()
-    bin_dir, work = Path(sys.executable).parent, Path(a.work)
+    bin_dir, work = BIN, Path(a.work)
     name = a.name or f"x{a.target}"
     ckpt, engine = work / name, work / f"{name}-engine"
     run(

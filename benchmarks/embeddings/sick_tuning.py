@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SICK = ROOT.parent / "shared" / "data" / "sick"
-
-
-def run(argv: list[str]) -> None:
-    print("$", " ".join(argv), flush=True)
-    subprocess.run(argv, check=True)
+from common import BIN, SICK, run
 
 
 def main() -> int:
@@ -30,7 +23,7 @@ def main() -> int:
     p.add_argument("--work", required=True)
     p.add_argument("--epochs", default="1")
     a = p.parse_args()
-    work, bin_dir = Path(a.work), Path(sys.executable).parent
+    work, bin_dir = Path(a.work), BIN
     work.mkdir(parents=True, exist_ok=True)
     record: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "epochs": a.epochs, "runs": {}}
     flags = ["--threads", "1", "--batch-size", "16", "--epochs", a.epochs, "--seed", "42", "--overwrite"]

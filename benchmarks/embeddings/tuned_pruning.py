@@ -14,18 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SICK = ROOT.parent / "shared" / "data" / "sick"
-
-
-def run(argv: list[str], check: bool = True) -> int:
-    print("$", " ".join(argv), flush=True)
-    return subprocess.run(argv, check=check).returncode
+from common import BIN, SICK, run
 
 
 def main() -> int:
@@ -39,7 +32,7 @@ def main() -> int:
     )
     p.add_argument("--name", default="", help="a suffix for the pruned runs and the record (default none)")
     a = p.parse_args()
-    work, bin_dir = Path(a.work), Path(sys.executable).parent
+    work, bin_dir = Path(a.work), BIN
     work.mkdir(parents=True, exist_ok=True)
     data = [
         "--train",

@@ -120,7 +120,7 @@ def run(engines: list[str], baselines: list[str], options: BenchConfig) -> Bench
         from .texts import time_texts
 
         results.texts = time_texts(
-            variants, eval_data, source_of(variants[0]), options, spin_us, options.st_backends
+            variants, eval_data, results.accuracy, source_of(variants[0]), options, spin_us
         )
     return results
 

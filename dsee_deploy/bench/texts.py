@@ -35,7 +35,7 @@ from ..speed.timing import interleave, speedup
 from .variants import Variant
 
 SAMPLES = {1: 16, 32: 128}  # texts per timed call, by batch size
-ST_BACKENDS = ("torch", "onnx int8", "openvino int8")
+QUALITY = ("spearman", "pearson", "ndcg@10", "recall@10")  # what `quality` reports, by the data's kind
 
 
 def distinct_texts(data: dict) -> list[str]:
@@ -81,7 +81,7 @@ def engine_embedders(variants: list[Variant], threads: int, spin_us: int) -> dic
 def st_embedders(
     dense: Path, work: Path, calibration: list[str], threads: int, skipped: dict, log=print
 ) -> dict[str, Callable]:
-    """sentence-transformers' backends of the dense model (ST_BACKENDS), those installed; `dense` must be a
+    """sentence-transformers' backends of the dense model (module notes), those installed; `dense` must be a
     sentence-transformers directory (modules.json). Exports are written under `work`; a backend left out is
     added to `skipped` with the reason."""
     if importlib.util.find_spec("sentence_transformers") is None:
@@ -173,10 +173,11 @@ def _st_openvino_int8(model_dir: Path, calibration: list[str], threads: int):
 
 
 def time_texts(
-    variants: list[Variant], eval_data: dict, dense: Path, options, spin_us: int, st_backends: bool, log=print
+    variants: list[Variant], eval_data: dict, scored: dict, dense: Path, options, spin_us: int, log=print
 ) -> dict | None:
     """The `texts` section of results.json (bench/report.py), or None where no variant embeds sentences.
-    `options`: the run's BenchConfig (threads, rounds, warm-up)."""
+    `scored`: the accuracy pass's scores, which our engines' quality is read from (they are not embedded
+    again); `options`: the run's BenchConfig (threads, rounds, warm-up, st_backends)."""
     from tqdm.auto import tqdm
 
     ours = [v for v in variants if v.name in eval_data and _embeds(v)]
@@ -194,17 +195,16 @@ def time_texts(
         "texts": len(texts),
         "baseline": ours[0].name if ours[0].baseline else next(iter(embedders)),
         "rows": [],
-        "quality": {},
+        "quality": {name: {m: scored[name][m] for m in QUALITY if m in scored[name]} for name in embedders},
         "st_skipped": {},
         "versions": _versions(),
     }
     with tempfile.TemporaryDirectory(prefix="dsee-bench-st-") as work:
-        if st_backends:
-            embedders.update(
-                st_embedders(dense, Path(work), texts, options.threads, section["st_skipped"], log)
-            )
-        for name, embed in tqdm(embedders.items(), desc="quality (texts in)", unit="variant"):
-            section["quality"][name] = quality(embed, data)
+        if options.st_backends:
+            theirs = st_embedders(dense, Path(work), texts, options.threads, section["st_skipped"], log)
+            for name, embed in tqdm(theirs.items(), desc="quality (texts in)", unit="variant"):
+                section["quality"][name] = quality(embed, data)
+            embedders.update(theirs)
         with tqdm(total=len(sample) * options.rounds, desc="timing (texts in)", unit="round") as bar:
             for batch, chosen in sample.items():
                 section["rows"] += _timed(embedders, chosen, batch, options, bar, section["baseline"])
